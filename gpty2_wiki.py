@@ -185,7 +185,7 @@ def query_random_pages(session, api_url: str, batch: int = FETCH_BATCH, maxlag: 
         "generator": "random", "grnnamespace": "0", "grnfilterredir": "nonredirects", "grnlimit": str(batch),
         "prop": "extracts|pageprops|coordinates|info|categories|description",
         "exintro": "1", "exlimit": str(batch), "ppprop": "disambiguation|wikibase_item", "inprop": "url",
-        "coprimary": "primary", "cllimit": "max", "clshow": "!hidden",
+        "coprimary": "primary", "colimit": "max", "cllimit": "max", "clshow": "!hidden",
     }
     pages: dict[int, dict] = {}
     cont: dict = {}
@@ -388,8 +388,9 @@ DROP_SELECTORS = ", ".join([
     "style", "script", "table", "figure", "sup.reference", "sup.noprint", ".Inline-Template", ".mw-ref",
     ".mw-editsection", ".hatnote", ".dablink", ".rellink", "[role=note]", ".infobox", ".navbox", ".vertical-navbox",
     ".sidebar", ".metadata", ".ambox", ".shortdescription", ".thumb", ".gallery", ".reflist", ".mw-references-wrap",
-    "#coordinates", ".geo-default", ".geo-dms", ".geo-dec", ".geo", ".IPA", ".rt-commentedText", ".ext-phonos",
-    ".haudio", ".audiolink", ".unicode.audiolink", ".noexcerpt", ".mw-empty-elt", "#toc", ".toc", ".portal",
+    "#coordinates", ".mwe-math-element", "math", ".geo-default", ".geo-dms", ".geo-dec", ".geo", ".IPA", ".rt-commentedText", ".ext-phonos",
+    ".haudio", ".audiolink", "[title^='Representation in the International Phonetic Alphabet']",
+    "[title='English pronunciation respelling']", ".unicode.audiolink", ".noexcerpt", ".mw-empty-elt", "#toc", ".toc", ".portal",
 ])
 
 
@@ -409,31 +410,36 @@ def clean_html(html: str) -> str:
                 break  # the lead ends at the first heading
             continue
         if el.find_parent(["blockquote", "li"]) is None:
-            text = " ".join(el.get_text().split())
+            text = re.sub(r" ([,.;:])", r"\1", " ".join(el.get_text().split()))  # where a reference was
             if text:
                 paragraphs.append(text)
     return "\n".join(paragraphs)
 
 
 PRONUNCIATION = re.compile(
-    r"(/[^/]*[\u0250-\u02ff\u0300-\u036f][^/]*/|\[[^\]]*[\u0250-\u02ff][^\]]*\]|\b[A-Z]{2,}[a-z]*(-[a-zA-Z]+)+\b"
-    r"|\bpronounced\b|\blisten\b|\u24d8|\bpron\.)", re.I)
+    r"[\u0250-\u02af\u02c8\u02cc\u02d0]"          # IPA letters and stress marks
+    r"|\b[A-Z]{2,}[a-z]*(-\w+)+|^-|-$"               # respellings: EYEN-styne, -lih-
+    r"|(?i:\bpronounced\b|\blisten\b|\bpron\.)|\u24d8")
 LANGUAGE_LABEL = re.compile(r"^[\w .'-]*:\s*$")
 
 
 def tidy_parentheses(text: str) -> str:
     """Drop pronunciation guides, empty or broken parentheses: '(/ˈaɪn/ EYEN-styne; German: [ˈal]; 14
     March 1879 - 1955)' -> '(14 March 1879 - 1955)', '( )' -> ''."""
+    def useful(p):
+        return (p and re.search(r"\w", p) and not PRONUNCIATION.search(p) and not LANGUAGE_LABEL.match(p)
+                and not foreign_script(p.split(":")[-1]))
+
     def fix(m):
-        parts = [p.strip() for p in re.split(r"[;,]\s", m.group(1))]
-        keep = [p for p in parts if p and not PRONUNCIATION.search(p) and not LANGUAGE_LABEL.match(p)
-                and re.search(r"\w", p)]
-        if len(keep) == len([p for p in parts if p]):
-            return m.group(0) if keep else ""
-        return f"({'; '.join(keep)})" if keep else ""
+        parts = [[q.strip() for q in p.split(", ")] for p in m.group(2).replace("\u2060", "").split(";")]
+        if all(useful(q) for p in parts for q in p):
+            return m.group(0)
+        keep = [", ".join(q for q in p if useful(q)) for p in parts]
+        keep = [p for p in keep if p]
+        return f"{m.group(1)}({'; '.join(keep)})" if keep else ""
     prev = None
     while prev != text:  # innermost first, so nested groups tidy outwards
-        prev, text = text, re.sub(r"\(([^()]*)\)", fix, text)
+        prev, text = text, re.sub(r"(\s*)\(([^()]*)\)", fix, text)
     depth, out = 0, []
     for ch in text:  # whatever is still unbalanced is broken: drop the stray bracket
         if ch == "(":
@@ -450,6 +456,13 @@ def tidy_parentheses(text: str) -> str:
     return text
 
 
+def foreign_script(text: str) -> bool:
+    """Mostly letters of another script ("Serbian Cyrillic: Новак Ђоковић"): transliterated, such
+    glosses only repeat the name badly, so a parenthesis drops them."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(not ("LATIN" in unicodedata.name(c, "") or c.isascii()) for c in letters) > len(letters) / 2
+
+
 def normalize_text(text: str) -> str:
     """Unicode -> the model's ASCII vocabulary: NFKC, then anyascii transliterates what is left
     (typographic quotes and dashes, accents, other scripts). Characters outside VOCAB are dropped."""
@@ -462,7 +475,7 @@ def normalize_text(text: str) -> str:
 
 ABBREVIATIONS = set("""dr mr mrs ms st jr sr prof gen col lt capt sgt cpl adm gov sen rep rev hon mt ft no nos vol vols
 vs c ca approx fl b d cf al inc co corp ltd bros jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e p pp ed eds
-trans viz est op fig""".split())
+trans transl lit viz est op fig""".split())
 
 
 def split_sentences(text: str) -> list[str]:
@@ -472,7 +485,7 @@ def split_sentences(text: str) -> list[str]:
     sentences, start = [], 0
     for m in re.finditer(r"[.!?]+[\"')\]]*(?=\s+[\"'(\[]?[A-Z0-9]|\s*$)", text):
         before = text[start:m.start()].split()
-        word = before[-1].lower() if before else ""
+        word = before[-1].lower().lstrip("\"'([") if before else ""
         if m.group(0)[0] == "." and (word in ABBREVIATIONS or re.fullmatch(r"([a-z]\.)*[a-z]", word)
                                      or (len(word) == 1 and word.isalpha())):
             continue
@@ -513,7 +526,7 @@ duchess count countess consort regent ruler monarch chieftain chief warlord gene
 marshal soldier officer warrior knight explorer navigator aviator aviatrix astronaut cosmonaut businessman
 businesswoman businessperson entrepreneur industrialist banker merchant philanthropist activist
 revolutionary reformer abolitionist feminist suffragist missionary preacher evangelist mystic guru founder
-leader president chancellor premier minister senator governor mayor dictator tyrant judge lawyer jurist
+leader head president chancellor premier minister senator governor mayor dictator tyrant judge lawyer jurist
 educator teacher scholar polymath athlete footballer cricketer boxer wrestler swimmer sprinter runner
 cyclist golfer gymnast skier player coach manager sportsman sportswoman racer driver chess grandmaster
 magician model socialite courtesan concubine heir heiress noblewoman nobleman aristocrat courtier poetess
@@ -600,6 +613,11 @@ def question_subject(article: Article) -> tuple[str, str]:
     m = re.match(r"^(The|A|An) ", lead)
     if m and lead[m.end():m.end() + len(name)].lower() == name.lower():
         subject, opens = m.group(1).lower() + " " + lead[m.end():m.end() + len(name)], True
+    m = re.search(r"\bthe " + re.escape(name) + r"\b", lead[:250])
+    if subject == name and m:  # "In mathematics, the Pythagorean theorem is ..."
+        subject = m.group(0)
+    if subject.startswith("The ") and not re.search(r"(?<=[a-z,;] )" + re.escape(subject), article.text):
+        subject = "the" + subject[3:]  # mid-sentence, as the lead would write it
     words = name.split()
     if (subject == name and words[0][:1].isupper() and words[0][1:].islower()
             and all(w.islower() or not w.isalpha() for w in words[1:])
