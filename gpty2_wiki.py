@@ -259,7 +259,9 @@ def fetch_batches(session, api_url: str, batch: int = FETCH_BATCH, maxlag: int =
             article, why = page_to_article(page)
             record = qa_record(article) if article else None
             if record is None:
-                why = why or "too short"
+                text = article.text if article else ""
+                why = why or ("empty" if not text.strip() else "non-Latin script" if foreign_script(text[:500])
+                              else "too short")
                 skipped[why] = skipped.get(why, 0) + 1
                 continue
             records.append(record)
@@ -496,6 +498,7 @@ def split_sentences(text: str) -> list[str]:
 
 def make_answer(text: str, max_chars: int = ANSWER_CHARS) -> str:
     """The lead's first whole sentences, at most max_chars long, in the model's vocabulary."""
+    text = text[:max(2000, 6 * max_chars)]  # a huge article costs no more than a short one
     text = re.sub(r"\[(\d+|[a-z]|citation needed|note \d+)\]", "", text)
     text = normalize_text(tidy_parentheses(text)).replace("\n", " ")
     # A formula the extract lost leaves a hole before punctuation ("of finite degree ."): end the
@@ -643,7 +646,7 @@ def make_question(article: Article, kind: str | None = None) -> str:
 def qa_record(article: Article, answer_chars: int = ANSWER_CHARS, min_chars: int = MIN_ANSWER_CHARS) -> dict | None:
     """The Q&A record for an article (also what the cache stores), or None to skip it."""
     answer = make_answer(article.text, answer_chars)
-    if len(answer) < min_chars:
+    if len(answer) < min_chars or foreign_script(article.text[:500]):
         return None
     kind = classify(article)
     return dict(pageid=article.pageid, title=article.title, question=make_question(article, kind), answer=answer,
@@ -1040,7 +1043,8 @@ def _train(cfg, resume, device, rank, world):
         scaler.load_state_dict(ck["scaler"]) if ck.get("scaler") else None
         state = dict(iter=ck["iter"], best_val_loss=ck["best_val_loss"])
         restore_rng(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0], batch_gen)
-        metrics = [m for m in read_metrics(os.path.join(out_dir, "metrics.jsonl")) if m["iter"] <= state["iter"]]
+        metrics = [m for m in read_metrics(os.path.join(out_dir, "metrics.jsonl"))  # the resumed run redoes
+                   if m["iter"] < state["iter"] or (m["iter"] == state["iter"] and "val_loss" not in m)]  # this eval
         if master:
             log(f"resuming from {ckpt_path} at step {state['iter']}")
     raw_model = model
@@ -1079,6 +1083,7 @@ def _train(cfg, resume, device, rank, world):
                                val_bpc=losses["val"] / math.log(2), val_answer_loss=losses["val_answer"],
                                lr=lr_at(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
                     metrics.append(row)
+                    sample_gen.manual_seed(cfg["SEED"] + it)  # the same samples whether resumed or not
                     answers = sample_answers(raw_model, val_records[:3], cfg, autocast, sample_gen)
                     log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
                         f"({row['val_bpc']:.3f} bits/char), answer-only val loss {losses['val_answer']:.4f}\n"
