@@ -1076,7 +1076,7 @@ def _train(cfg, resume, device, rank, world):
                     if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
                         log("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
             last = it == total
-            if (it % cfg["EVAL_INTERVAL"] == 0 and it > 0) or last:
+            if it % cfg["EVAL_INTERVAL"] == 0 or last:
                 losses = estimate_loss(model, data, cfg, device, autocast, cfg["SEED"] + 999)
                 if master:
                     row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"],
@@ -1140,6 +1140,12 @@ def _train(cfg, resume, device, rank, world):
                         log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
                     write_metrics(out_dir, metrics)
         save_checkpoint(ckpt_path, raw_model, optimizer, scaler, total, state, cfg, val_records, batch_gen, master)
+        if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
+            digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
+            digests = [None] * world
+            torch.distributed.all_gather_object(digests, digest.hexdigest())
+            if master:
+                log(f"weights identical on all {world} ranks: {len(set(digests)) == 1} ({digests[0][:12]})")
     finally:
         bar.close()
         stop.restore()

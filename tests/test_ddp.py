@@ -1,0 +1,33 @@
+"""torchrun with two CPU processes (gloo): identical replicas, one set of outputs, same learning."""
+import json
+import os
+import subprocess
+import sys
+
+from helpers import SCRIPT, TINY
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return [r["val_loss"] for r in rows if "val_loss" in r]
+
+
+def test_torchrun_two_processes(tmp_path):
+    common = ["--data-source", "offline", "--num-articles", "300", "--max-iters", "60", "--eval-interval", "30",
+              "--learning-rate", "3e-3", "--gradient-accumulation-steps", "2", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          SCRIPT, *common, "--out-dir", "ddp"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-2000:]
+    assert "weights identical on all 2 ranks: True" in ddp.stdout
+    assert ddp.stdout.count("done: best val loss") == 1  # only rank 0 prints
+    assert sorted(os.listdir(tmp_path)) == ["ddp"]  # and only rank 0 writes, once
+    assert sorted(f for f in os.listdir(tmp_path / "ddp") if not f.startswith(".")) == [
+        "ckpt.pt", "lock", "loss.png", "metrics.jsonl", "model.pt", "samples.txt"]
+    single = subprocess.run([sys.executable, SCRIPT, *common, "--out-dir", "one"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    d, s = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert d[-1] < d[0] - 0.5  # it learned
+    assert abs(d[-1] - s[-1]) < 0.15 * s[-1], (d, s)  # as much as one process with the same global batch
