@@ -86,6 +86,8 @@ DTYPE = "auto"              # "auto" (bf16 where the hardware has it) | "float32
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
 SEED = 1337                 # seeds the weights, the batches and the sampling
 OUT_DIR = "out"             # model.pt, ckpt.pt, metrics.jsonl, loss.png, samples.txt
+WANDB_LOG = False           # also send the metrics to Weights & Biases (pip install wandb)
+WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 
 PRESETS = {
     # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
@@ -158,6 +160,9 @@ def make_session(user_agent: str = USER_AGENT, retries: int = HTTP_RETRIES, back
     from urllib3.util.retry import Retry
 
     class PoliteRetry(Retry):
+        def get_backoff_time(self):  # backoff, 2x, 4x, ...: urllib3 alone retries the first time at once
+            return min(self.backoff_max, self.backoff_factor * 2 ** max(len(self.history) - 1, 0))
+
         def sleep(self, response=None):
             wait = self.get_retry_after(response) if response is not None else None
             sleep_fn(self.get_backoff_time() if wait is None else wait)
@@ -171,12 +176,12 @@ def make_session(user_agent: str = USER_AGENT, retries: int = HTTP_RETRIES, back
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.sleep_fn = sleep_fn  # the maxlag wait below uses the same clock
+    session.sleep_fn, session.lag_retries = sleep_fn, retries  # for the API's own maxlag error, below
     return session
 
 
 def query_random_pages(session, api_url: str, batch: int = FETCH_BATCH, maxlag: int = MAXLAG,
-                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), retries: int = HTTP_RETRIES) -> list[dict]:
+                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) -> list[dict]:
     """One batch of random main-namespace articles with everything we need, in one request
     (plus continuations while MediaWiki says the batch is incomplete). Returns the raw page dicts.
     Raises ValueError for a malformed reply and requests' exceptions for a network failure."""
@@ -201,7 +206,7 @@ def query_random_pages(session, api_url: str, batch: int = FETCH_BATCH, maxlag: 
         if not isinstance(data, dict):
             raise ValueError("reply is not a JSON object")
         error = data.get("error")
-        if isinstance(error, dict) and error.get("code") == "maxlag" and lagged < retries:
+        if isinstance(error, dict) and error.get("code") == "maxlag" and lagged < session.lag_retries:
             lagged += 1  # the servers are lagging: wait as told, then ask again
             session.sleep_fn(float(resp.headers.get("Retry-After", 5)))
             continue
@@ -264,7 +269,7 @@ def fetch_batches(session, api_url: str, batch: int = FETCH_BATCH, maxlag: int =
                               else "too short")
                 skipped[why] = skipped.get(why, 0) + 1
                 continue
-            records.append(record)
+            records.append({**record, "article": article})  # append_cache writes only CACHE_FIELDS
         yield records
 
 
@@ -331,7 +336,7 @@ def grow_cache(path: str, n: int, session, api_url: str, cfg: dict) -> list[dict
     requests_made = [0]
     session.hooks["response"].append(lambda r, *a, **k: requests_made.__setitem__(0, requests_made[0] + 1))
     skipped: dict = {}
-    t0, got = time.time(), 0
+    t0, got, dry = time.time(), 0, 0
     with progress(total=need, unit="article", desc="fetch") as bar:
         for batch in fetch_batches(session, api_url, cfg["FETCH_BATCH"], cfg["MAXLAG"],
                                    (cfg["CONNECT_TIMEOUT"], cfg["READ_TIMEOUT"]), skipped):
@@ -346,6 +351,10 @@ def grow_cache(path: str, n: int, session, api_url: str, cfg: dict) -> list[dict
                             rate=f"{rate:.1f}/s")
             if got >= need:
                 break
+            dry = 0 if fresh else dry + 1
+            if dry >= 10:  # lagging, failing or out of new pages: give up rather than hammer the API
+                import requests
+                raise requests.exceptions.RetryError(f"{dry} batches in a row brought no new article")
     log(f"fetched {got} articles in {requests_made[0]} requests ({got / max(requests_made[0], 1):.1f} per request, "
         f"{time.time() - t0:.0f}s); skipped: {skipped or 'none'}")
     return cached
@@ -390,7 +399,7 @@ DROP_SELECTORS = ", ".join([
     "style", "script", "table", "figure", "sup.reference", "sup.noprint", ".Inline-Template", ".mw-ref",
     ".mw-editsection", ".hatnote", ".dablink", ".rellink", "[role=note]", ".infobox", ".navbox", ".vertical-navbox",
     ".sidebar", ".metadata", ".ambox", ".shortdescription", ".thumb", ".gallery", ".reflist", ".mw-references-wrap",
-    "#coordinates", ".mwe-math-element", "math", ".geo-default", ".geo-dms", ".geo-dec", ".geo", ".IPA", ".rt-commentedText", ".ext-phonos",
+    "#coordinates", ".mwe-math-element", "math", ".geo-default", ".geo-dms", ".geo-dec", ".geo", ".IPA", ".ext-phonos",
     ".haudio", ".audiolink", "[title^='Representation in the International Phonetic Alphabet']",
     "[title='English pronunciation respelling']", ".unicode.audiolink", ".noexcerpt", ".mw-empty-elt", "#toc", ".toc", ".portal",
 ])
@@ -465,12 +474,16 @@ def foreign_script(text: str) -> bool:
     return sum(not ("LATIN" in unicodedata.name(c, "") or c.isascii()) for c in letters) > len(letters) / 2
 
 
+GREEK_SYMBOL = re.compile(r"(?<![^\W\d_])[\u0391-\u03a9\u03b1-\u03c9](?![^\W\d_])")  # a Greek letter alone
+
+
 def normalize_text(text: str) -> str:
     """Unicode -> the model's ASCII vocabulary: NFKC, then anyascii transliterates what is left
     (typographic quotes and dashes, accents, other scripts). Characters outside VOCAB are dropped."""
     text = unicodedata.normalize("NFKC", text)
     if not text.isascii():
         from anyascii import anyascii
+        text = GREEK_SYMBOL.sub(lambda m: unicodedata.name(m.group(), m.group()).split()[-1].lower(), text)  # beta
         text = anyascii(text)
     return OUTSIDE_VOCAB.sub("", text.replace("\t", " "))
 
@@ -501,6 +514,7 @@ def make_answer(text: str, max_chars: int = ANSWER_CHARS) -> str:
     text = text[:max(2000, 6 * max_chars)]  # a huge article costs no more than a short one
     text = re.sub(r"\[(\d+|[a-z]|citation needed|note \d+)\]", "", text)
     text = normalize_text(tidy_parentheses(text)).replace("\n", " ")
+    text = re.sub(r"\b([\w'-]+) \(\1\)", r"\1", text)  # "Kyoto (Kyoto)": a transliterated gloss repeats the name
     # A formula the extract lost leaves a hole before punctuation ("of finite degree ."): end the
     # answer before the sentence that has one.
     text = re.sub(r"(?<=\w) +(?=[.,;:])", " @HOLE@ ", text)
@@ -616,7 +630,7 @@ def question_subject(article: Article) -> tuple[str, str]:
     m = re.match(r"^(The|A|An) ", lead)
     if m and lead[m.end():m.end() + len(name)].lower() == name.lower():
         subject, opens = m.group(1).lower() + " " + lead[m.end():m.end() + len(name)], True
-    m = re.search(r"\bthe " + re.escape(name) + r"\b", lead[:250])
+    m = re.search(r"\bthe " + re.escape(name) + r"\b(?! [A-Z(])", lead[:250])
     if subject == name and m:  # "In mathematics, the Pythagorean theorem is ..."
         subject = m.group(0)
     if subject.startswith("The ") and not re.search(r"(?<=[a-z,;] )" + re.escape(subject), article.text):
@@ -1034,7 +1048,7 @@ def _train(cfg, resume, device, rank, world):
     batch_gen = torch.Generator().manual_seed(cfg["SEED"] + rank)  # each rank its own stream of batches
     sample_gen = torch.Generator(device=device).manual_seed(cfg["SEED"])
     state = dict(iter=0, best_val_loss=float("inf"))
-    metrics: list[dict] = []
+    metrics = MetricsLog(out_dir) if master else None
     if resume:
         ck = load_checkpoint(ckpt_path, device)
         check_resumable(ck, config, cfg, log if master else (lambda m: None))
@@ -1043,10 +1057,12 @@ def _train(cfg, resume, device, rank, world):
         scaler.load_state_dict(ck["scaler"]) if ck.get("scaler") else None
         state = dict(iter=ck["iter"], best_val_loss=ck["best_val_loss"])
         restore_rng(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0], batch_gen)
-        metrics = [m for m in read_metrics(os.path.join(out_dir, "metrics.jsonl"))  # the resumed run redoes
-                   if m["iter"] < state["iter"] or (m["iter"] == state["iter"] and "val_loss" not in m)]  # this eval
         if master:
+            metrics.rows = [m for m in read_metrics(metrics.path)  # the resumed run redoes this step's eval
+                            if m["iter"] < state["iter"] or (m["iter"] == state["iter"] and "val_loss" not in m)]
             log(f"resuming from {ckpt_path} at step {state['iter']}")
+    if master and cfg["WANDB_LOG"]:
+        metrics.start_wandb(cfg)
     raw_model = model
     if resolve_compile(cfg["COMPILE"], device):
         model = torch.compile(model)
@@ -1082,7 +1098,7 @@ def _train(cfg, resume, device, rank, world):
                     row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"],
                                val_bpc=losses["val"] / math.log(2), val_answer_loss=losses["val_answer"],
                                lr=lr_at(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
-                    metrics.append(row)
+                    metrics.add(row)
                     sample_gen.manual_seed(cfg["SEED"] + it)  # the same samples whether resumed or not
                     answers = sample_answers(raw_model, val_records[:3], cfg, autocast, sample_gen)
                     log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
@@ -1092,8 +1108,7 @@ def _train(cfg, resume, device, rank, world):
                     if losses["val"] < state["best_val_loss"]:
                         state["best_val_loss"] = losses["val"]
                         save_model(os.path.join(out_dir, "model.pt"), raw_model, it, losses["val"])
-                    write_metrics(out_dir, metrics)
-                    plot_losses(metrics, os.path.join(out_dir, "loss.png"))
+                    plot_losses(metrics.rows, os.path.join(out_dir, "loss.png"))
             if last:
                 break
             if it > start and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
@@ -1130,7 +1145,7 @@ def _train(cfg, resume, device, rank, world):
                                elapsed=round(time.time() - t_start, 2))
                     if peak:
                         row["mfu"] = fpt * tok_s / peak
-                    metrics.append(row)
+                    metrics.add(row)
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
                     if bar.disable:
                         eta = (total - it - 1) * dt / cfg["LOG_INTERVAL"]
@@ -1138,7 +1153,6 @@ def _train(cfg, resume, device, rank, world):
                             + (f", MFU {row['mfu']:.1%}" if peak else "") + f", ETA {format_seconds(eta)}")
                     if it + 1 == cfg["LOG_INTERVAL"]:
                         log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
-                    write_metrics(out_dir, metrics)
         save_checkpoint(ckpt_path, raw_model, optimizer, scaler, total, state, cfg, val_records, batch_gen, master)
         if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
             digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
@@ -1151,6 +1165,8 @@ def _train(cfg, resume, device, rank, world):
         stop.restore()
         if lock:
             lock.close()
+        if metrics:
+            metrics.close()
     if master:
         log(f"done: best val loss {state['best_val_loss']:.4f}, model in {os.path.join(out_dir, 'model.pt')}; "
             f"try: python gpty2_wiki.py --ask \"Who is Ada Lovelace?\" --out-dir {out_dir}")
@@ -1366,19 +1382,34 @@ def check_resumable(ck: dict, config: GPTConfig, cfg: dict, say) -> None:
 def read_metrics(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-    return rows
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def write_metrics(out_dir: str, metrics: list[dict]) -> None:
-    text = "".join(json.dumps(m) + "\n" for m in metrics).encode()
-    save_file(os.path.join(out_dir, "metrics.jsonl"), lambda f: f.write(text), "metrics")
+class MetricsLog:
+    """metrics.jsonl, one JSON object per logged step and per evaluation, rewritten whole (atomically)
+    at each row; mirrored to Weights & Biases when WANDB_LOG is on."""
+
+    def __init__(self, out_dir: str):
+        self.path, self.rows, self.wandb = os.path.join(out_dir, "metrics.jsonl"), [], None
+
+    def start_wandb(self, cfg: dict) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--wandb-log needs the wandb package: pip install wandb") from None
+        self.wandb = wandb.init(project=cfg["WANDB_PROJECT"], config=cfg)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        text = "".join(json.dumps(m) + "\n" for m in self.rows).encode()
+        save_file(self.path, lambda f: f.write(text), "metrics")
+        if self.wandb:
+            self.wandb.log(row, step=row["iter"])
+
+    def close(self) -> None:
+        if self.wandb:
+            self.wandb.finish()
 
 
 def write_samples(out_dir: str, it: int, answers: list[tuple[str, str]]) -> None:
