@@ -102,3 +102,36 @@ def test_ask_stops_at_the_blank_line():
         opt.step()
     m.eval()
     assert g.ask(m, "Who is Ada?", temperature=0) == "Ada was a mathematician."
+
+
+def naive_attention_logits(m, idx):
+    """The same model computed the original way: per-head matrices cut from the fused QKV, a tril mask."""
+    x = m.token_embedding_table(idx) + m.position_embedding_table(torch.arange(idx.size(1)))
+    T, C = idx.size(1), m.config.n_embd
+    hs = C // m.config.n_head
+    for blk in m.blocks:
+        h = blk.ln1(x)
+        q, k, v = (h @ w.T + b for w, b in zip(blk.sa.qkv.weight.split(C), blk.sa.qkv.bias.split(C)))
+        heads = []
+        for i in range(m.config.n_head):
+            sl = slice(i * hs, (i + 1) * hs)
+            wei = q[..., sl] @ k[..., sl].transpose(-2, -1) * hs ** -0.5
+            wei = wei.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))
+            heads.append(torch.softmax(wei, dim=-1) @ v[..., sl])
+        x = x + blk.sa.proj(torch.cat(heads, dim=-1))
+        x = x + blk.ffwd(blk.ln2(x))
+    return m.lm_head(m.ln_f(x))
+
+
+def test_fast_attention_equals_the_naive_one():
+    m = tiny(block_size=16).eval()
+    for blk in m.blocks:  # non-zero biases, so that they are checked too
+        torch.nn.init.normal_(blk.sa.qkv.bias, std=0.1)
+    idx = torch.randint(0, 96, (3, 16))
+    with torch.no_grad():
+        ref = naive_attention_logits(m, idx)
+        fp32, _ = m(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _ = m(idx)
+    assert torch.allclose(fp32, ref, atol=1e-5)
+    assert (bf16.float() - ref).abs().max() < 0.02 * ref.abs().max()  # bf16 noise, not a different function
