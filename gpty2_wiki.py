@@ -26,7 +26,7 @@ import sys
 import time
 import unicodedata
 from contextlib import nullcontext
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 
 import torch
@@ -60,18 +60,21 @@ N_LAYER = 6                 # transformer blocks
 N_HEAD = 6                  # attention heads; must divide N_EMBD
 N_EMBD = 384                # embedding width
 BLOCK_SIZE = 256            # context length, in characters
-DROPOUT = 0.2               # dropout probability, 0 to switch off
+DROPOUT = 0.0               # dropout probability (0.1 measured worse at the corpus sizes used here)
+BIAS = False                # biases in the Linear layers (LayerNorm keeps its own)
+TIE_EMBEDDINGS = False      # lm_head shares the token embedding's weight (measured worse here)
 # training
 BATCH_SIZE = 64             # sequences per micro-step (per process under torchrun)
 GRADIENT_ACCUMULATION_STEPS = 1  # micro-steps per optimizer step, in total over all processes
 MAX_ITERS = 5000            # optimizer steps per round
-LEARNING_RATE = 3e-4        # peak learning rate
-MIN_LR_RATIO = 1.0          # final lr / peak lr (1.0 = constant after warmup)
-WARMUP_ITERS = 0            # linear warmup steps
-WEIGHT_DECAY = 0.0          # AdamW decoupled weight decay, on 2-D weights only
+LEARNING_RATE = 2e-3        # peak AdamW learning rate (embeddings, lm_head, gains; all weights if MUON_LR = 0)
+MUON_LR = 0.02              # peak Muon learning rate for the blocks' matrices, 0 = AdamW for everything
+MIN_LR_RATIO = 0.1          # final lr / peak lr, reached by a cosine at the last step (1.0 = constant)
+WARMUP_ITERS = 100          # linear warmup steps (at most a tenth of the run)
+WEIGHT_DECAY = 0.1          # AdamW decoupled weight decay, on 2-D weights only
 BETA1 = 0.9                 # AdamW beta1
-BETA2 = 0.999               # AdamW beta2
-GRAD_CLIP = 0.0             # clip the gradient norm to this, 0 = off
+BETA2 = 0.99                # AdamW beta2 (0.99 suits small batches)
+GRAD_CLIP = 1.0             # clip the gradient norm to this, 0 = off
 EVAL_INTERVAL = 500         # steps between evaluations (and best-model saves)
 EVAL_ITERS = 50             # batches per split in an evaluation
 LOG_INTERVAL = 50           # steps between log lines
@@ -91,8 +94,8 @@ WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 
 PRESETS = {
     # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
-    "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, DROPOUT=0.0,
-                MAX_ITERS=2000, EVAL_INTERVAL=250, EVAL_ITERS=20, LOG_INTERVAL=25, NUM_ARTICLES=10000),
+    "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, MAX_ITERS=2500,
+                EVAL_INTERVAL=250, EVAL_ITERS=20, LOG_INTERVAL=25),
 }
 CHOICES = {
     "DATA_SOURCE": ("auto", "wikipedia", "offline"),
@@ -708,6 +711,8 @@ class GPTConfig:
     n_head: int = 6
     n_layer: int = 6
     dropout: float = 0.2
+    bias: bool = True             # biases in the Linear layers
+    tie_embeddings: bool = False  # lm_head shares the token embedding's weight
 
 
 class CausalSelfAttention(nn.Module):
@@ -715,8 +720,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.n_head = config.n_head
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # all heads' queries, keys, values at once
-        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # all heads' q, k, v at once
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -748,8 +753,8 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd), nn.ReLU(),
-                                 nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout))
+        self.net = nn.Sequential(nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias), nn.ReLU(),
+                                 nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias), nn.Dropout(config.dropout))
 
     def forward(self, x):
         return self.net(x)
@@ -804,8 +809,10 @@ class GPTLanguageModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding_table.weight
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -965,22 +972,61 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
-def lr_at(it: int, cfg: dict) -> float:
-    """Linear warmup, then cosine decay from LEARNING_RATE to LEARNING_RATE * MIN_LR_RATIO at the last step."""
-    lr, total, warmup = cfg["LEARNING_RATE"], cfg["MAX_ITERS"] * cfg["ROUNDS"], cfg["WARMUP_ITERS"]
+def lr_scale(it: int, cfg: dict) -> float:
+    """The schedule, as a fraction of each optimizer's peak learning rate: linear warmup (at most a
+    tenth of the run), then cosine decay to MIN_LR_RATIO at the last step of the last round."""
+    total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
+    warmup = min(cfg["WARMUP_ITERS"], total // 10)
     if it < warmup:
-        return lr * (it + 1) / warmup
+        return (it + 1) / warmup
     progress = min(1.0, (it - warmup) / max(1, total - warmup))
-    return lr * (cfg["MIN_LR_RATIO"] + (1 - cfg["MIN_LR_RATIO"]) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg["MIN_LR_RATIO"] + (1 - cfg["MIN_LR_RATIO"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not biases, LayerNorm gains or position vectors' biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["WEIGHT_DECAY"]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]),
-                             fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
+def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Newton-Schulz iteration towards U V^T of G = U S V^T (Muon's quintic coefficients), in bf16."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = G.size(0) > G.size(1)
+    X = G.bfloat16() / (G.norm() + 1e-7)
+    X = X.T if tall else X
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.T if tall else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan, 2024) for the blocks' matrices: SGD with Nesterov momentum whose update is
+    replaced by the nearest semi-orthogonal matrix, so every direction of a matrix learns at one rate."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.95):
+        super().__init__(params, dict(lr=lr, peak_lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                update = orthogonalize(p.grad.add(buf, alpha=group["momentum"]))
+                p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+
+def make_optimizers(model: nn.Module, cfg: dict, device: torch.device) -> list[torch.optim.Optimizer]:
+    """Muon for the transformer blocks' matrices (MUON_LR > 0); AdamW for the rest: embeddings,
+    lm_head, biases and LayerNorm gains, with weight decay on the 2-D ones only."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = [p for n, p in params if cfg["MUON_LR"] > 0 and p.dim() == 2 and n.startswith("blocks.")]
+    rest = [p for _, p in params if all(p is not q for q in muon)]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg["WEIGHT_DECAY"]},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]),
+                              fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
+    for group in adamw.param_groups:
+        group["peak_lr"] = cfg["LEARNING_RATE"]
+    return [adamw] + ([Muon(muon, cfg["MUON_LR"])] if muon else [])
 
 
 @torch.inference_mode()
@@ -1060,9 +1106,10 @@ def _train(cfg, resume, device, rank, world):
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
-    config = GPTConfig(len(VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"], cfg["N_LAYER"], cfg["DROPOUT"])
+    config = GPTConfig(len(VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"], cfg["N_LAYER"], cfg["DROPOUT"],
+                       cfg["BIAS"], cfg["TIE_EMBEDDINGS"])
     model = GPTLanguageModel(config).to(device)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizers = make_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     batch_gen = torch.Generator().manual_seed(cfg["SEED"] + rank)  # each rank its own stream of batches
     sample_gen = torch.Generator(device=device).manual_seed(cfg["SEED"])
@@ -1072,7 +1119,8 @@ def _train(cfg, resume, device, rank, world):
         ck = load_checkpoint(ckpt_path, device)
         check_resumable(ck, config, cfg, log if master else (lambda m: None))
         model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
+        for opt, opt_state in zip(optimizers, ck["optimizer"], strict=True):
+            opt.load_state_dict(opt_state)
         scaler.load_state_dict(ck["scaler"]) if ck.get("scaler") else None
         state = dict(iter=ck["iter"], best_val_loss=ck["best_val_loss"])
         restore_rng(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0], batch_gen)
@@ -1111,12 +1159,12 @@ def _train(cfg, resume, device, rank, world):
                     if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
                         log("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
             last = it == total
-            if it % cfg["EVAL_INTERVAL"] == 0 or last:
+            if it % cfg["EVAL_INTERVAL"] == 0 or it % cfg["MAX_ITERS"] == 0 or last:  # and at each round's end
                 losses = estimate_loss(model, data, cfg, device, autocast, cfg["SEED"] + 999)
                 if master:
                     row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"],
                                val_bpc=losses["val"] / math.log(2), val_answer_loss=losses["val_answer"],
-                               lr=lr_at(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
+                               lr=cfg["LEARNING_RATE"] * lr_scale(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
                     metrics.add(row)
                     sample_gen.manual_seed(cfg["SEED"] + it)  # the same samples whether resumed or not
                     answers = sample_answers(raw_model, val_records[:3], cfg, autocast, sample_gen)
@@ -1131,16 +1179,17 @@ def _train(cfg, resume, device, rank, world):
             if last:
                 break
             if it > start and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
-                save_checkpoint(ckpt_path, raw_model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master)
+                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master)
             if stop.requested(world):  # Ctrl-C lands here, between steps, where the state is whole
-                save_checkpoint(ckpt_path, raw_model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master)
+                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master)
                 if master:
                     log(f"\ninterrupted at step {it}; saved {ckpt_path}. Continue with the same flags and --resume")
                 raise KeyboardInterrupt
 
-            lr = lr_at(it, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = cfg["LEARNING_RATE"] * lr_scale(it, cfg)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["peak_lr"] * lr_scale(it, cfg)
             for micro in range(accum):
                 x, y = get_batch(data["train"][0], cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
                 sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
@@ -1148,11 +1197,13 @@ def _train(cfg, resume, device, rank, world):
                     _, loss = model(x, y)
                 scaler.scale(loss / accum).backward()
             if cfg["GRAD_CLIP"] > 0:
-                scaler.unscale_(optimizer)
+                for opt in optimizers:
+                    scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["GRAD_CLIP"])
-            scaler.step(optimizer)
+            for opt in optimizers:
+                scaler.step(opt)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             bar.update(1)
 
             if (it + 1) % cfg["LOG_INTERVAL"] == 0 or it + 1 == total:
@@ -1172,7 +1223,7 @@ def _train(cfg, resume, device, rank, world):
                             + (f", MFU {row['mfu']:.1%}" if peak else "") + f", ETA {format_seconds(eta)}")
                     if it + 1 == cfg["LOG_INTERVAL"]:
                         log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
-        save_checkpoint(ckpt_path, raw_model, optimizer, scaler, total, state, cfg, val_records, batch_gen, master)
+        save_checkpoint(ckpt_path, raw_model, optimizers, scaler, total, state, cfg, val_records, batch_gen, master)
         if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
             digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
             digests = [None] * world
@@ -1331,7 +1382,7 @@ def restore_rng(state: dict, batch_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, scaler, it, state, cfg, val_records, batch_gen, master) -> None:
+def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master) -> None:
     """Everything needed to continue exactly: weights, optimizer, step, best loss, the whole
     configuration, vocabulary, data split and every rank's random-number state."""
     rng = [rng_state(batch_gen)]
@@ -1340,7 +1391,7 @@ def save_checkpoint(path, model, optimizer, scaler, it, state, cfg, val_records,
         torch.distributed.all_gather_object(rng, rng_state(batch_gen))
     if not master:
         return
-    obj = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+    obj = dict(model=model.state_dict(), optimizer=[opt.state_dict() for opt in optimizers],
                scaler=scaler.state_dict() if scaler.is_enabled() else None, config=asdict(model.config),
                vocab=VOCAB, iter=it, best_val_loss=state["best_val_loss"], train_config=dict(cfg),
                split=dict(val_fraction=cfg["VAL_FRACTION"], val_titles=[r["title"] for r in val_records]),

@@ -137,12 +137,11 @@ def make_variant(name, device, batch):
     if name == "naive":
         model = NaiveGPT(len(g.VOCAB), SHAPE["n_layer"], SHAPE["n_head"], SHAPE["n_embd"], SHAPE["block_size"])
         model = model.to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        opts = [torch.optim.AdamW(model.parameters(), lr=3e-4)]
         ctx = g.nullcontext()  # fp32, eager
     else:
         model = g.GPTLanguageModel(cfg).to(device)
-        run_cfg = dict(g.config_defaults(), WEIGHT_DECAY=0.1)
-        opt = g.make_optimizer(model, run_cfg, device)
+        opts = g.make_optimizers(model, g.config_defaults(), device)
         dtype = torch.float32 if name == "fp32" else g.resolve_dtype("auto", device)
         ctx = g.autocast_context(device, dtype)
         if g.resolve_compile("auto", device):
@@ -155,8 +154,9 @@ def make_variant(name, device, batch):
         with ctx:
             _, loss = model(x, y)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.step()
+        model.zero_grad(set_to_none=True)
     return model, step
 
 

@@ -1,0 +1,107 @@
+"""Training-recipe benchmark: the same data, model size, wall-clock budget and seeds for three recipes.
+
+    python tests/bench_recipe.py                 # 5 minutes per recipe (about 16 minutes in all)
+    python tests/bench_recipe.py --minutes 2     # shorter
+    python tests/bench_recipe.py --preset cpu    # also the --preset cpu configuration, same budget
+
+Not collected by pytest. The offline corpus in Q&A form, split by title hash; a 4-layer, 256-wide,
+block-128 model, batch 32, bf16 where the CPU has it. Each recipe first times a few steps to turn the
+budget into a step count (so that its learning-rate schedule ends with the budget), then trains
+through gpty2_wiki.train and is evaluated on the same fixed validation batches.
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gpty2_wiki as g  # noqa: E402
+
+BASE = dict(DATA_SOURCE="offline", NUM_ARTICLES=10000, N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128,
+            BATCH_SIZE=32, EVAL_ITERS=100, SEED=1337, DTYPE="auto", COMPILE="off", MAX_ANSWER_CHARS=1)
+RECIPES = {
+    # the original script: AdamW at a constant 3e-4, dropout 0.2, no warmup, decay or clipping
+    "original": dict(MUON_LR=0.0, LEARNING_RATE=3e-4, MIN_LR_RATIO=1.0, WARMUP_ITERS=0, WEIGHT_DECAY=0.01, BETA2=0.999,
+                     GRAD_CLIP=0.0, DROPOUT=0.2, BIAS=True, TIE_EMBEDDINGS=False),
+    # nanoGPT's habits
+    "nanogpt": dict(MUON_LR=0.0, LEARNING_RATE=1e-3, MIN_LR_RATIO=0.1, WARMUP_ITERS=100, WEIGHT_DECAY=0.1, BETA2=0.99,
+                    GRAD_CLIP=1.0, DROPOUT=0.0, BIAS=False, TIE_EMBEDDINGS=True),
+    # this project's defaults, as the constants at the top of gpty2_wiki.py say
+    "gpty2_wiki": {k: g.config_defaults()[k] for k in ("LEARNING_RATE", "MUON_LR", "MIN_LR_RATIO", "WARMUP_ITERS",
+                   "WEIGHT_DECAY", "BETA1", "BETA2", "GRAD_CLIP", "DROPOUT", "BIAS", "TIE_EMBEDDINGS")},
+}
+
+
+def step_time(cfg, steps=12, warmup=3):
+    """Median seconds per optimizer step of this recipe's model and optimizer, timed directly (the
+    data does not change the cost of a step)."""
+    device = g.resolve_device(cfg["DEVICE"])
+    torch.manual_seed(0)
+    model = g.GPTLanguageModel(g.GPTConfig(len(g.VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"],
+                                           cfg["N_LAYER"], cfg["DROPOUT"], cfg["BIAS"], cfg["TIE_EMBEDDINGS"]))
+    model = model.to(device).train()
+    opts = g.make_optimizers(model, cfg, device)
+    ctx = g.autocast_context(device, g.resolve_dtype(cfg["DTYPE"], device))
+    x = torch.randint(0, len(g.VOCAB), (cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"]), device=device)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        with ctx:
+            _, loss = model(x, x)
+        loss.backward()
+        if cfg["GRAD_CLIP"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["GRAD_CLIP"])
+        for opt in opts:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[warmup:])
+
+
+def run(name, cfg, seconds, per_step):
+    iters = max(50, int(seconds / per_step))
+    with tempfile.TemporaryDirectory() as d:
+        cfg = dict(cfg, MAX_ITERS=iters, EVAL_INTERVAL=iters, LOG_INTERVAL=max(1, iters // 10),
+                   CHECKPOINT_INTERVAL=iters, OUT_DIR=d, ROUNDS=1)
+        t = time.perf_counter()
+        row = g.train(cfg)
+        wall = time.perf_counter() - t
+    return dict(name=name, iters=iters, per_step=per_step, wall=wall, val=row["val_loss"],
+                answer=row["val_answer_loss"], bpc=row["val_loss"] / math.log(2))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget per recipe")
+    ap.add_argument("--preset", action="append", default=[], help="also run a preset of gpty2_wiki (e.g. cpu)")
+    ap.add_argument("--only", nargs="*", help="run only these recipes")
+    a = ap.parse_args()
+    runs = {name: dict(g.config_defaults(), **BASE, **recipe) for name, recipe in RECIPES.items()
+            if not a.only or name in a.only}
+    runs.update({f"--preset {p}": dict(g.config_defaults(), **g.PRESETS[p], DATA_SOURCE="offline", EVAL_ITERS=100,
+                                       MAX_ANSWER_CHARS=1) for p in a.preset})
+    # the budget becomes a step count per recipe, from step times measured alternately, in one process
+    times = {name: [] for name in runs}
+    for _ in range(3):
+        for name, cfg in runs.items():
+            times[name].append(step_time(cfg))
+    results = [run(name, cfg, a.minutes * 60, min(times[name])) for name, cfg in runs.items()]
+    ref = {r["name"]: r for r in results}
+    print(f"\nSame data, same {a.minutes:g}-minute budget, seed {BASE['SEED']}; model 4x256, block 128, batch 32 "
+          f"({g.resolve_dtype('auto', g.resolve_device('cpu'))})")
+    print(f"{'recipe':14s} {'steps':>6s} {'ms/step':>8s} {'wall s':>7s} {'val loss':>9s} {'bits/char':>9s} "
+          f"{'answer loss':>11s} {'vs original':>11s} {'vs nanogpt':>10s}")
+    for r in results:
+        vo = r["val"] / ref["original"]["val"] if "original" in ref else float("nan")
+        vn = r["val"] / ref["nanogpt"]["val"] if "nanogpt" in ref else float("nan")
+        print(f"{r['name']:14s} {r['iters']:6d} {r['per_step'] * 1e3:8.1f} {r['wall']:7.0f} {r['val']:9.4f} "
+              f"{r['bpc']:9.3f} {r['answer']:11.4f} {vo:10.2f}x {vn:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
