@@ -1221,7 +1221,7 @@ def _train(cfg, resume, device, rank, world):
                         eta = (total - it - 1) * dt / cfg["LOG_INTERVAL"]
                         log(f"step {it + 1}/{total}: loss {row['train_loss']:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
                             + (f", MFU {row['mfu']:.1%}" if peak else "") + f", ETA {format_seconds(eta)}")
-                    if it + 1 == cfg["LOG_INTERVAL"]:
+                    if it + 1 == 2 * cfg["LOG_INTERVAL"]:  # the first interval includes warming up
                         log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
         save_checkpoint(ckpt_path, raw_model, optimizers, scaler, total, state, cfg, val_records, batch_gen, master)
         if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
@@ -1498,6 +1498,7 @@ def plot_losses(metrics: list[dict], path: str) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         if not getattr(plot_losses, "warned", False):
             log("note: pip install matplotlib to get a loss plot")
@@ -1510,6 +1511,8 @@ def plot_losses(metrics: list[dict], path: str) -> None:
     for key, label in (("train_loss", "train (eval)"), ("val_loss", "val"), ("val_answer_loss", "val, answers only")):
         ax.plot([m["iter"] for m in evals], [m[key] for m in evals], marker="o", ms=3, label=label)
     ax.set(xlabel="step", ylabel="cross-entropy loss (nats per character)", yscale="log", title="gpty2_wiki training")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 2, 3, 4 rather than 2 x 10^0
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
