@@ -972,6 +972,12 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
+def sampling_context(device: torch.device, dtype: torch.dtype):
+    """Generation multiplies one position at a time: on a CPU such small products run 1.7x faster in
+    fp32 than through bf16 autocast (measured), so only GPUs sample in low precision."""
+    return autocast_context(device, dtype) if device.type == "cuda" else nullcontext()
+
+
 def lr_scale(it: int, cfg: dict) -> float:
     """The schedule, as a fraction of each optimizer's peak learning rate: linear warmup (at most a
     tenth of the run), then cosine decay to MIN_LR_RATIO at the last step of the last round."""
@@ -1167,7 +1173,7 @@ def _train(cfg, resume, device, rank, world):
                                lr=cfg["LEARNING_RATE"] * lr_scale(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
                     metrics.add(row)
                     sample_gen.manual_seed(cfg["SEED"] + it)  # the same samples whether resumed or not
-                    answers = sample_answers(raw_model, val_records[:3], cfg, autocast, sample_gen)
+                    answers = sample_answers(raw_model, val_records[:3], cfg, sampling_context(device, dtype), sample_gen)
                     log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
                         f"({row['val_bpc']:.3f} bits/char), answer-only val loss {losses['val_answer']:.4f}\n"
                         + "\n".join(f"  Q: {q}\n  A: {a}" for q, a in answers[:1]))
@@ -1606,7 +1612,7 @@ def ask_loop(cfg: dict, question: str, model_path: str) -> None:
     device = resolve_device(cfg["DEVICE"])
     model = load_model(model_path, device)
     generator = torch.Generator(device=device).manual_seed(cfg["SEED"])
-    autocast = autocast_context(device, resolve_dtype(cfg["DTYPE"], device))
+    autocast = sampling_context(device, resolve_dtype(cfg["DTYPE"], device))
     answer = lambda q: ask(model, q, cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"], generator, autocast)
     if question:
         print(answer(question))
