@@ -1192,10 +1192,11 @@ def _train(cfg, resume, device, rank, world):
                     log(f"\ninterrupted at step {it}; saved {ckpt_path}. Continue with the same flags and --resume")
                 raise KeyboardInterrupt
 
-            lr = cfg["LEARNING_RATE"] * lr_scale(it, cfg)
+            scale = lr_scale(it, cfg)
+            lr = cfg["LEARNING_RATE"] * scale
             for opt in optimizers:
                 for group in opt.param_groups:
-                    group["lr"] = group["peak_lr"] * lr_scale(it, cfg)
+                    group["lr"] = group["peak_lr"] * scale
             for micro in range(accum):
                 x, y = get_batch(data["train"][0], cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
                 sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
