@@ -64,11 +64,13 @@ DROPOUT = 0.0               # dropout probability (0.1 measured worse at the cor
 BIAS = False                # biases in the Linear layers (LayerNorm keeps its own)
 TIE_EMBEDDINGS = False      # lm_head shares the token embedding's weight (measured worse here)
 # training
-BATCH_SIZE = 64             # sequences per micro-step (per process under torchrun)
-GRADIENT_ACCUMULATION_STEPS = 1  # micro-steps per optimizer step, in total over all processes
-MAX_ITERS = 5000            # optimizer steps per round
-LEARNING_RATE = 2e-3        # peak AdamW learning rate (embeddings, lm_head, gains; all weights if MUON_LR = 0)
-MUON_LR = 0.02              # peak Muon learning rate for the blocks' matrices, 0 = AdamW for everything
+BATCH_SIZE = 64             # sequences per micro-step, in each process
+GRADIENT_ACCUMULATION_STEPS = 1  # micro-steps per optimizer step, in each process (global batch x processes)
+MAX_ITERS = 5000            # optimizer steps per round (TIME_BUDGET, when set, decides instead)
+TIME_BUDGET = 0.0           # minutes for the whole run, 0 = off; else the step count follows the measured speed
+OPTIMIZER = "auto"          # "auto" (Muon where its measured cost pays, else AdamW) | "muon" | "adamw"
+LEARNING_RATE = 2e-3        # peak AdamW learning rate (embeddings, lm_head, gains; all weights under "adamw")
+MUON_LR = 0.02              # peak Muon learning rate for the blocks' matrices
 MIN_LR_RATIO = 0.1          # final lr / peak lr, reached by a cosine at the last step (1.0 = constant)
 WARMUP_ITERS = 100          # linear warmup steps (at most a tenth of the run)
 WEIGHT_DECAY = 0.1          # AdamW decoupled weight decay, on 2-D weights only
@@ -79,13 +81,15 @@ EVAL_INTERVAL = 500         # steps between evaluations (and best-model saves)
 EVAL_ITERS = 50             # batches per split in an evaluation
 LOG_INTERVAL = 50           # steps between log lines
 CHECKPOINT_INTERVAL = 250   # steps between resumable checkpoints (out/ckpt.pt)
+QA_EVAL = 200               # questions from the train and from the val articles answered at each evaluation
+QA_OPENING = 40             # an answer is recalled when its first this many characters are the truth's
 # sampling
 TEMPERATURE = 0.8           # 0 = greedy
 TOP_K = 0                   # sample from the k likeliest characters, 0 = all
 MAX_ANSWER_CHARS = 400      # longest answer --ask generates
 # system
 DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
-DTYPE = "auto"              # "auto" (bf16 where the hardware has it) | "float32" | "bfloat16" | "float16"
+DTYPE = "auto"              # "auto" (measured at start-up: the fastest native one) | "float32" | "bfloat16" | "float16"
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
 SEED = 1337                 # seeds the weights, the batches and the sampling
 OUT_DIR = "out"             # model.pt, ckpt.pt, metrics.jsonl, loss.png, samples.txt
@@ -94,13 +98,14 @@ WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 
 PRESETS = {
     # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
-    "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, MAX_ITERS=2500,
+    "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, MAX_ITERS=2500, TIME_BUDGET=10.0,
                 EVAL_INTERVAL=250, EVAL_ITERS=20, LOG_INTERVAL=25),
 }
 CHOICES = {
     "DATA_SOURCE": ("auto", "wikipedia", "offline"),
     "DTYPE": ("auto", "float32", "bfloat16", "float16"),
     "COMPILE": ("auto", "on", "off"),
+    "OPTIMIZER": ("auto", "muon", "adamw"),
 }
 
 
@@ -372,9 +377,12 @@ def build_corpus(cfg: dict, n: int) -> list[dict]:
     path = os.path.join(cfg["DATA_DIR"], "articles.jsonl")
     session = make_session(cfg["USER_AGENT"], cfg["HTTP_RETRIES"], cfg["RETRY_BACKOFF"])
     try:
+        unreachable = len(read_cache(path)) < n and probe(cfg["WIKI_API_URL"], min(cfg["CONNECT_TIMEOUT"], PROBE_SECONDS))
+        if unreachable:
+            raise requests.exceptions.ConnectionError(unreachable)
         records = grow_cache(path, n, session, cfg["WIKI_API_URL"], cfg)
     except requests.exceptions.RequestException as e:
-        reason = type(e).__name__
+        reason = str(e) if unreachable else type(e).__name__
         if source == "wikipedia":
             raise UserError(f"cannot reach Wikipedia at {cfg['WIKI_API_URL']} ({reason})") from None
         records = read_cache(path)
@@ -387,11 +395,48 @@ def build_corpus(cfg: dict, n: int) -> list[dict]:
     return records[:n]
 
 
+PROBE_SECONDS = 5.0  # the longest wait to learn that Wikipedia cannot be reached at all
+
+
+def probe(url: str, timeout: float) -> str:
+    """'' if a TCP connection to the API's host opens within timeout seconds, else why not (no
+    network, no DNS, refused). One try, no retries: a machine with no network learns it at once,
+    while a reachable Wikipedia that fails gets urllib3's retries. Skipped behind a proxy."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    import requests
+    parts = urlsplit(url)
+    if requests.utils.get_environ_proxies(url):
+        return ""
+    log(f"connecting to {parts.hostname} (at most {timeout:g} s) ...")
+    result = ["timed out"]
+
+    def connect():  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            result[0] = ""
+        except OSError as e:
+            result[0] = e.strerror or type(e).__name__
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return f"{parts.hostname}: {result[0]}" if result[0] else ""
+
+
 def offline_records(n: int, seed: int, answer_chars: int = ANSWER_CHARS, min_chars: int = MIN_ANSWER_CHARS) -> list[dict]:
-    """A seeded random sample of n usable offline articles, as Q&A records."""
-    records = [r for r in (qa_record(a, answer_chars, min_chars) for a in load_offline_articles()) if r]
-    random.Random(seed).shuffle(records)
-    return records[:n]
+    """A seeded random sample of n usable offline articles, as Q&A records (only as many articles are
+    formatted as it takes: a small corpus is quick)."""
+    articles = load_offline_articles()
+    random.Random(seed).shuffle(articles)
+    records = []
+    for a in articles:
+        if len(records) == n:
+            break
+        r = qa_record(a, answer_chars, min_chars)
+        records += [r] if r else []
+    return records
 
 
 # -----------------------------------------------------------------------------
@@ -728,13 +773,13 @@ class CausalSelfAttention(nn.Module):
         causal = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
         self.register_buffer("mask_bias", torch.zeros(causal.shape).masked_fill(~causal, float("-inf")), persistent=False)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, mask=None):
         B, T, C = x.shape
         H, hs = self.n_head, C // self.n_head
         q, k, v = self.qkv(x).view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
-        if x.device.type == "cpu" and cache is None:
+        if x.device.type == "cpu" and cache is None and mask is None:
             # CPU training: one baddbmm applies the scale and the causal mask inside the matrix product.
             # It measured 1.3x faster than SDPA here, whose CPU flash-attention backward is slow.
             att = torch.baddbmm(self.mask_bias[:T, :T].to(q.dtype), q.reshape(B * H, T, hs),
@@ -743,8 +788,9 @@ class CausalSelfAttention(nn.Module):
             y = torch.bmm(att, v.reshape(B * H, T, hs)).view(B, H, T, hs)
         else:
             # GPUs: flash attention. A prefill (T > 1) always starts from an empty cache, so causal
-            # masking is all it needs; a single new query may look at every cached position.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+            # masking is all it needs; a single new query may look at every cached position. A batch
+            # of left-padded prompts brings its own mask instead.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None,
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -768,8 +814,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.ffwd = FeedForward(config)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.sa(self.ln1(low_precision(x)), cache, layer)  # pre-LayerNorm residual blocks
+    def forward(self, x, cache=None, layer=0, mask=None):
+        x = x + self.sa(self.ln1(low_precision(x)), cache, layer, mask)  # pre-LayerNorm residual blocks
         return x + self.ffwd(self.ln2(low_precision(x)))
 
 
@@ -823,14 +869,22 @@ class GPTLanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, cache=None, reduction="mean"):
+    def forward(self, idx, targets=None, cache=None, reduction="mean", pad=None):
+        """idx (B, T) -> logits (B, T, vocab_size) and the loss. `pad` (B,) counts left-padding tokens
+        per row: each row then starts at position 0 and never attends to its padding, so a batch of
+        prompts of different lengths is answered as each prompt alone would be."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         assert start + T <= self.config.block_size, f"sequence of {start + T} > block_size {self.config.block_size}"
-        pos = torch.arange(start, start + T, device=idx.device)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        mask = None
+        if pad is not None:
+            keys = torch.arange(start + T, device=idx.device)  # (S,)
+            mask = ((keys <= pos[:, None]) & (keys >= pad[:, None, None, None])) | (keys == pos[:, None])  # (B, 1, T, S)
+            pos = (pos - pad[:, None]).clamp(min=0)  # (B, T)
         x = self.drop(self.token_embedding_table(idx) + self.position_embedding_table(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, mask)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
         if targets is None:
             return logits, None
@@ -838,11 +892,13 @@ class GPTLanguageModel(nn.Module):
         return logits, loss
 
     @torch.inference_mode()
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None,
+                        pad=None):
         """Yield (B, 1) new tokens one at a time. The context is a window on the last characters: it
         grows to block_size, then slides back to its last block_size // 2 characters. Learned absolute
         positions change when it slides, so the cache is then rebuilt from the window (a prefill):
-        the cached and recomputing paths see exactly the same context at every step."""
+        the cached and recomputing paths see exactly the same context at every step. With `pad`
+        (left-padded rows), all rows slide together when the longest one fills the window."""
         bs = self.config.block_size
         start = max(0, idx.size(1) - bs)  # the window is idx[:, start:]
         cache, fed = None, 0  # with a cache, idx[:, start:start + fed] is already inside it
@@ -850,12 +906,13 @@ class GPTLanguageModel(nn.Module):
             if idx.size(1) - start > bs:
                 start = idx.size(1) - bs // 2
                 cache = None
+            window_pad = None if pad is None else (pad - start).clamp(min=0)
             if not use_cache:
-                logits, _ = self(idx[:, start:])
+                logits, _ = self(idx[:, start:], pad=window_pad)
             else:
                 if cache is None:
                     cache, fed = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype), 0
-                logits, _ = self(idx[:, start + fed:], cache=cache)
+                logits, _ = self(idx[:, start + fed:], cache=cache, pad=window_pad)
                 fed = idx.size(1) - start
             logits = logits[:, -1, :].float()  # (B, vocab_size)
             if temperature == 0:
@@ -869,24 +926,82 @@ class GPTLanguageModel(nn.Module):
             idx = torch.cat((idx, next_id), dim=1)
             yield next_id
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None, pad=None):
         """idx (B, T) -> (B, T + max_new_tokens); temperature 0 is greedy."""
-        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, use_cache, generator))
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, use_cache, generator, pad))
         return torch.cat([idx] + new, dim=1) if new else idx
+
+
+def answer_stream(model: GPTLanguageModel, question: str, temperature: float = TEMPERATURE, top_k: int = TOP_K,
+                  max_chars: int = MAX_ANSWER_CHARS, generator=None, autocast=None):
+    """Yield the model's answer piece by piece as it is generated. It ends at the blank line that ends
+    an answer (or where the model starts a new question), which is held back until it is certain."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([encode(f"\n\nQ: {question.strip()}\nA:")], dtype=torch.long, device=device)
+    pending, started = "", False
+    with autocast or nullcontext():
+        for t in model.generate_tokens(idx, max_chars, temperature, top_k or None, generator=generator):
+            pending += VOCAB[t.item()]
+            if pending.endswith(("\n\n", "\nQ:")):
+                return
+            keep = 2 if pending.endswith("\nQ") else 1 if pending.endswith("\n") else 0
+            out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+            out = out if started else out.lstrip()
+            if out:
+                started = True
+                yield out
 
 
 def ask(model: GPTLanguageModel, question: str, temperature: float = TEMPERATURE, top_k: int = TOP_K,
         max_chars: int = MAX_ANSWER_CHARS, generator=None, autocast=None) -> str:
-    """The model's answer to a question; generation stops at the blank line that ends an answer."""
+    """The model's answer to a question; temperature 0 is greedy."""
+    return "".join(answer_stream(model, question, temperature, top_k, max_chars, generator, autocast)).strip()
+
+
+def seen_in_training(model: GPTLanguageModel, question: str) -> bool | None:
+    """Whether the question's subject ("Who is Ada Lovelace?" -> "ada lovelace") is the title of one
+    of the model's training articles, so its answer may be recalled rather than invented. None when
+    the model file does not say what it read (older files)."""
+    titles = getattr(model, "meta", {}).get("train_titles")
+    if titles is None:
+        return None
+    if not hasattr(model, "_title_keys"):
+        model._title_keys = {subject_key(t) for t in titles}
+    m = re.match(r"\s*(who|what|where)\s+(is|are|was|were)\s+(.*)", question, re.I)
+    return subject_key(m.group(3) if m else question) in model._title_keys
+
+
+def subject_key(text: str) -> str:
+    """'The Eiffel Tower?' / 'Eiffel Tower (Paris)' -> 'eiffel tower': what titles and questions share."""
+    text = re.sub(r" \([^()]*\)$", "", normalize_text(text).strip().rstrip("?!. ")).lower()
+    return re.sub(r"^(the|a|an) ", "", text).strip()
+
+
+@torch.inference_mode()
+def answer_batch(model: GPTLanguageModel, questions: list[str], max_chars: int, autocast=None,
+                 batch: int = 64) -> list[str]:
+    """Greedy answers to many questions, `batch` at a time through one KV cache: prompts are
+    left-padded to one length (see forward's pad). They equal ask(..., temperature=0) while a prompt
+    and its answer fit in block_size; past that, all rows of a batch slide their window together."""
     device = next(model.parameters()).device
-    idx = torch.tensor([encode(f"\n\nQ: {question.strip()}\nA:")], dtype=torch.long, device=device)
-    out = []
-    with autocast or nullcontext():
-        for t in model.generate_tokens(idx, max_chars, temperature, top_k or None, generator=generator):
-            out.append(VOCAB[t.item()])
-            if out[-2:] == ["\n", "\n"] or out[-3:] == ["\n", "Q", ":"]:
-                break
-    return "".join(out).split("\nQ:")[0].strip()
+    prompts = [encode(f"\n\nQ: {q.strip()}\nA:") for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    texts = [""] * len(prompts)
+    for lo in range(0, len(order), batch):
+        rows = order[lo:lo + batch]
+        width = max(len(prompts[i]) for i in rows)
+        idx = torch.tensor([[0] * (width - len(prompts[i])) + prompts[i] for i in rows], device=device)  # (B, T)
+        pad = torch.tensor([width - len(prompts[i]) for i in rows], device=device)  # (B,)
+        done = [False] * len(rows)
+        with autocast or nullcontext():
+            for t in model.generate_tokens(idx, max_chars, 0, pad=pad):
+                for j, c in enumerate(t[:, 0].tolist()):
+                    if not done[j]:
+                        texts[rows[j]] += VOCAB[c]
+                        done[j] = texts[rows[j]].endswith(("\n\n", "\nQ:"))
+                if all(done):
+                    break
+    return [t.split("\nQ:")[0].strip() for t in texts]
 
 
 # -----------------------------------------------------------------------------
@@ -949,33 +1064,95 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run at 2-6x the fp32 rate. Elsewhere bf16 is emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+def best_time(fn, device: torch.device, reps: int = 3) -> float:
+    """Fastest of a few timed calls, after one untimed call (seconds)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def newton_schulz_flops(config: GPTConfig, steps: int = 5) -> float:
+    """FLOPs of Muon's Newton-Schulz iterations for all the blocks' matrices in one optimizer step:
+    per iteration 4 m^2 n + 2 m^3 for an m x n matrix with m <= n."""
+    C = config.n_embd
+    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (C, 4 * C)]  # qkv, proj, and the feed-forward pair, per layer
+    return config.n_layer * steps * sum(4 * m * m * n + 2 * m ** 3 for m, n in shapes)
+
+
+def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forced: str = "auto") -> dict:
+    """The dtypes of training (autocast), of Muon's Newton-Schulz products and of sampling, chosen
+    by timing products at this model's shapes in each candidate dtype, here and now (a fraction of a
+    second). Low precision is used only where it measured at least 1.2x faster than float32: on CPUs
+    without AVX512-BF16 or AMX bf16 is emulated and ~100x slower. Also the products' measured rates,
+    from which make_optimizers judges whether Muon pays. `forced` (DTYPE) skips the choice."""
+    C, f32 = config.n_embd, torch.float32
+    candidates = [torch.bfloat16, torch.float16] if device.type in ("cuda", "mps") else [torch.bfloat16]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        candidates = [torch.float16]
+
+    def linear(rows, dt):  # an autocast product, weight cast included, as in the model
+        x, w = torch.randn(rows, C, device=device), torch.randn(4 * C, C, device=device)
+        ctx = nullcontext() if dt == f32 else torch.autocast(device.type, dtype=dt)
+
+        def run():
+            with ctx:
+                F.linear(x, w)
+        return best_time(run, device)
+
+    def ns(dt):  # a Newton-Schulz product X^T-shaped: (C, 4C) @ (4C, C), in dt itself
+        x = torch.randn(C, 4 * C, device=device, dtype=dt)
+        return best_time(lambda: x @ x.T, device)
+
+    shapes = {"train": lambda dt: linear(min(tokens, 2048), dt), "muon": ns, "sample": lambda dt: linear(1, dt)}
+    tokens_flops, ns_flops = 2 * min(tokens, 2048) * C * 4 * C, 2 * C * 4 * C * C
+    if forced != "auto":
+        dt = getattr(torch, forced)
+        rates = dict(train=tokens_flops / shapes["train"](dt), muon=ns_flops / shapes["muon"](dt))
+        return dict(train=dt, muon=dt, sample=dt, rates=rates, why=f"{forced} everywhere (--dtype)")
+    speed = {use: {f32: fn(f32)} for use, fn in shapes.items()}  # seconds per product
+    for dt in candidates:
+        try:
+            probe = linear(64, dt) / linear(64, f32)  # an emulated dtype shows at once, on a small product
+            for use, fn in shapes.items():  # (and is not timed further: it would take seconds)
+                speed[use][dt] = fn(dt) if probe < 2 else probe * speed[use][f32]
+        except RuntimeError:  # not supported by this device at all
+            continue
+    chosen = {}
+    for use, times in speed.items():
+        best = min(times, key=times.get)
+        chosen[use] = best if times[best] * 1.2 <= times[f32] else f32
+    f32_speedup = {use: speed[use][f32] / speed[use][chosen[use]] for use in speed}
+    low = [dt for dt in candidates if dt in speed["train"]]
+    if all(dt == f32 for dt in chosen.values()):
+        slowest = min(speed[use][dt] / speed[use][f32] for use in speed for dt in low) if low else 0
+        why = "float32: " + (f"{dtype_name(low[0])} products measured {slowest:.0f}x slower here" if slowest >= 10
+                             else f"{dtype_name(low[0])} measured no faster here" if low else "no lower precision here")
+    else:
+        why = ", ".join(f"{use} {dtype_name(dt)}" + (f" ({f32_speedup[use]:.1f}x float32 here)" if dt != f32 else
+                        f" ({dtype_name(low[0])} {speed[use][low[0]] / speed[use][f32]:.2f}x its time)")
+                        for use, dt in chosen.items())
+    rates = dict(train=tokens_flops / speed["train"][chosen["train"]], muon=ns_flops / speed["muon"][chosen["muon"]])
+    return dict(chosen, rates=rates, why=why)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).split(".")[-1]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
     """Mixed precision for the matrix products; weights and optimizer state stay fp32."""
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
-
-
-def sampling_context(device: torch.device, dtype: torch.dtype):
-    """Generation multiplies one position at a time: on a CPU such small products run 1.7x faster in
-    fp32 than through bf16 autocast (measured), so only GPUs sample in low precision."""
-    return autocast_context(device, dtype) if device.type == "cuda" else nullcontext()
 
 
 def lr_scale(it: int, cfg: dict) -> float:
@@ -989,42 +1166,68 @@ def lr_scale(it: int, cfg: dict) -> float:
     return cfg["MIN_LR_RATIO"] + (1 - cfg["MIN_LR_RATIO"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Newton-Schulz iteration towards U V^T of G = U S V^T (Muon's quintic coefficients), in bf16."""
+def orthogonalize(G: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
+    """Newton-Schulz iteration towards U V^T of each G = U S V^T in a (L, m, n) stack (Muon's quintic
+    coefficients), with the products in dtype: one batched product per step for all L matrices."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    tall = G.size(0) > G.size(1)
-    X = G.bfloat16() / (G.norm() + 1e-7)
-    X = X.T if tall else X
+    tall = G.size(1) > G.size(2)
+    X = G.to(dtype) / (G.norm(dim=(1, 2), keepdim=True) + 1e-7).to(dtype)
+    X = X.mT if tall else X  # (L, m, n) with m <= n: the m x m products are the small ones
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT  # (L, m, m)
         X = a * X + (b * A + c * A @ A) @ X
-    return (X.T if tall else X).to(G.dtype)
+    return (X.mT if tall else X).to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """Muon (Keller Jordan, 2024) for the blocks' matrices: SGD with Nesterov momentum whose update is
-    replaced by the nearest semi-orthogonal matrix, so every direction of a matrix learns at one rate."""
+    replaced by the nearest semi-orthogonal matrix, so every direction of a matrix learns at one rate.
+    Same-shaped matrices of all layers are orthogonalised together."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.95):
+    def __init__(self, params, lr: float, dtype: torch.dtype = torch.float32, momentum: float = 0.95):
         super().__init__(params, dict(lr=lr, peak_lr=lr, momentum=momentum))
+        self.dtype = dtype
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            by_shape: dict[tuple, list] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                update = orthogonalize(p.grad.add(buf, alpha=group["momentum"]))
-                p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                if p.grad is not None:
+                    by_shape.setdefault(tuple(p.shape), []).append(p)
+            for (rows, cols), ps in by_shape.items():
+                bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in ps]
+                grads = [p.grad for p in ps]
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, grads)
+                nesterov = torch.stack(grads).add_(torch.stack(bufs), alpha=group["momentum"])  # (L, rows, cols)
+                update = orthogonalize(nesterov, self.dtype)
+                torch._foreach_add_(ps, list(update.unbind(0)), alpha=-group["lr"] * max(1.0, rows / cols) ** 0.5)
 
 
-def make_optimizers(model: nn.Module, cfg: dict, device: torch.device) -> list[torch.optim.Optimizer]:
-    """Muon for the transformer blocks' matrices (MUON_LR > 0); AdamW for the rest: embeddings,
+def choose_optimizer(cfg: dict, config: GPTConfig, precision: dict, tokens: int, n_params: int) -> tuple[str, str]:
+    """("muon" | "adamw", why). Under "auto", Muon is used where its Newton-Schulz products cost at
+    most MUON_MAX_SHARE of a step by the rates measured here: at equal wall time it then beats AdamW
+    (tests/bench_recipe.py); where they would cost more (slow small products), AdamW."""
+    if cfg["OPTIMIZER"] != "auto":
+        return cfg["OPTIMIZER"], f"{cfg['OPTIMIZER']} (--optimizer)"
+    rates = precision["rates"]
+    ns = newton_schulz_flops(config) / rates["muon"]
+    step = flops_per_token(config, n_params) * tokens / rates["train"]
+    share = ns / (ns + step)
+    use = "muon" if share <= MUON_MAX_SHARE else "adamw"
+    return use, f"{use} (Newton-Schulz measured at ~{share:.0%} of a step here)"
+
+
+MUON_MAX_SHARE = 0.4  # above this share of a step, Muon's extra products lose to AdamW at equal time
+
+
+def make_optimizers(model: nn.Module, cfg: dict, device: torch.device, optimizer: str = "muon",
+                    ns_dtype: torch.dtype = torch.float32) -> list[torch.optim.Optimizer]:
+    """Muon for the transformer blocks' matrices (optimizer "muon"); AdamW for the rest: embeddings,
     lm_head, biases and LayerNorm gains, with weight decay on the 2-D ones only."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon = [p for n, p in params if cfg["MUON_LR"] > 0 and p.dim() == 2 and n.startswith("blocks.")]
+    muon = [p for n, p in params if optimizer == "muon" and p.dim() == 2 and n.startswith("blocks.")]
     rest = [p for _, p in params if all(p is not q for q in muon)]
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg["WEIGHT_DECAY"]},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
@@ -1032,7 +1235,7 @@ def make_optimizers(model: nn.Module, cfg: dict, device: torch.device) -> list[t
                               fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
     for group in adamw.param_groups:
         group["peak_lr"] = cfg["LEARNING_RATE"]
-    return [adamw] + ([Muon(muon, cfg["MUON_LR"])] if muon else [])
+    return [adamw] + ([Muon(muon, cfg["MUON_LR"], ns_dtype)] if muon else [])
 
 
 @torch.inference_mode()
@@ -1079,56 +1282,183 @@ def flops_per_token(config: GPTConfig, n_params: int) -> float:
     return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
 
 
+def qa_eval_sets(splits: dict, n: int) -> dict:
+    """The Q&A evaluation's questions: the n records of each split whose titles hash lowest, so the
+    same questions come back at every evaluation, in every process and after --resume."""
+    return {k: sorted(v, key=lambda r: hashlib.sha256(r["title"].encode()).digest())[:n] for k, v in splits.items()}
+
+
+def score_answers(answers: list[str], truths: list[str], opening: int = QA_OPENING) -> dict:
+    """exact: the share of answers whose first `opening` characters are the truth's, exactly;
+    similarity: the mean of difflib.SequenceMatcher(autojunk=False).ratio() of answer and truth,
+    in [0, 1] (2 x matching characters / total characters)."""
+    from difflib import SequenceMatcher
+    n = max(len(truths), 1)
+    exact = sum(a[:opening] == t[:opening] for a, t in zip(answers, truths)) / n
+    similarity = sum(SequenceMatcher(None, a, t, autojunk=False).ratio() for a, t in zip(answers, truths)) / n
+    return dict(exact=exact, similarity=similarity)
+
+
+def evaluate_qa(model: GPTLanguageModel, sets: dict, max_chars: int, autocast=None) -> dict:
+    """Greedy answers to each set's questions, scored against the true answers: recall on the
+    training articles (the facts it learnt), exactness and similarity on unseen ones (the form)."""
+    model.eval()
+    answers = answer_batch(model, [r["question"] for split in sets for r in sets[split]], max_chars, autocast)
+    out, done = {}, 0
+    for split, records in sets.items():
+        mine, done = answers[done:done + len(records)], done + len(records)
+        out[split] = dict(score_answers(mine, [r["answer"] for r in records]), answers=mine)
+    return out
+
+
+def evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, state, metrics) -> dict:
+    """Losses on fixed batches (every rank) and, on rank 0, the Q&A evaluation, the log lines,
+    samples.txt, the best model and the plot. Returns the metrics row (empty on other ranks)."""
+    t0 = time.time()
+    losses = estimate_loss(model, data, cfg, device, autocast_context(device, choice["train"]), cfg["SEED"] + 999)
+    if metrics is None:
+        return {}
+    qa = evaluate_qa(raw_model, qa_sets, min(cfg["ANSWER_CHARS"] + 10, cfg["MAX_ANSWER_CHARS"]),
+                     autocast_context(device, choice["sample"]))
+    raw_model.train()
+    row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"], val_bpc=losses["val"] / math.log(2),
+               val_answer_loss=losses["val_answer"], recall=qa["train"]["exact"],
+               train_similarity=qa["train"]["similarity"], val_exact=qa["val"]["exact"],
+               val_similarity=qa["val"]["similarity"], lr=cfg["LEARNING_RATE"] * lr_scale(max(it - 1, 0), cfg),
+               eval_seconds=round(time.time() - t0, 2), elapsed=round(time.time() - state["t_start"], 2))
+    metrics.add(row)
+    examples = [(split, r["question"], qa[split]["answers"][i], r["answer"])
+                for split in ("train", "val") for i, r in enumerate(qa_sets[split][:3])]
+    log(f"step {it}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} ({row['val_bpc']:.3f} "
+        f"bits/char), answer-only val loss {row['val_answer_loss']:.4f}; recall {row['recall']:.0%} "
+        f"(train openings exact), val similarity {row['val_similarity']:.2f}\n"
+        + "\n".join(f"  Q: {q} ({split})\n  A: {a[:200]}" for split, q, a, _ in examples[::3]))
+    write_samples(cfg["OUT_DIR"], it, examples)
+    if losses["val"] < state["best_val_loss"]:
+        state["best_val_loss"] = losses["val"]
+        meta = dict(state["meta"], recall=row["recall"], val_similarity=row["val_similarity"],
+                    val_loss=row["val_loss"], time_budget_minutes=cfg["TIME_BUDGET"])
+        save_model(os.path.join(cfg["OUT_DIR"], "model.pt"), raw_model, it, losses["val"], meta)
+    if last or time.time() - state.get("t_plot", 0) > 60:  # a redraw costs ~0.3 s: at most once a minute
+        plot_losses(metrics.rows, os.path.join(cfg["OUT_DIR"], "loss.png"))
+        state["t_plot"] = time.time()
+    return row
+
+
+def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: float, elapsed: float) -> dict:
+    """TIME_BUDGET -> the run's steps: as many as fit in what is left of it at the measured speed,
+    after as many evaluations as MAX_ITERS / EVAL_INTERVAL would make. The evaluation and checkpoint
+    intervals scale with the step count. Fixed once, stored in the checkpoint, kept by --resume."""
+    evals = max(1, round(cfg["MAX_ITERS"] / cfg["EVAL_INTERVAL"]))
+    left = 0.97 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * eval_seconds
+    total = max(done + 1, done + int(left / seconds_per_step))
+    steps = max(1, math.ceil(total / cfg["ROUNDS"]))
+    scale = steps / cfg["MAX_ITERS"]
+    return dict(MAX_ITERS=steps, EVAL_INTERVAL=max(1, round(cfg["EVAL_INTERVAL"] * scale)),
+                CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * scale)))
+
+
+def train_step(model, optimizers, scaler, ids, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
+    """One optimizer step over GRADIENT_ACCUMULATION_STEPS micro-batches; DDP synchronises the
+    gradients on the last one only. Returns the last micro-batch's loss."""
+    accum = cfg["GRADIENT_ACCUMULATION_STEPS"]
+    for micro in range(accum):
+        x, y = get_batch(ids, cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
+        sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
+        with sync, autocast:
+            _, loss = model(x, y)
+        scaler.scale(loss / accum).backward()
+    if cfg["GRAD_CLIP"] > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["GRAD_CLIP"])
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    model.zero_grad(set_to_none=True)
+    return loss
+
+
+def log_progress(metrics, bar, it, total, loss, lr, tok_s, eta, mfu, elapsed) -> None:
+    """One metrics row every LOG_INTERVAL steps; a log line too when there is no progress bar."""
+    row = dict(iter=it, train_loss=loss, lr=lr, tokens_per_s=round(tok_s), elapsed=round(elapsed, 2))
+    if mfu is not None:
+        row["mfu"] = mfu
+    metrics.add(row)
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+    if bar.disable:
+        log(f"step {it}/{total}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
+            + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", ETA {format_seconds(eta)}")
+
+
 def train(cfg: dict, resume: bool = False) -> dict:
     """The whole run: corpus -> model -> ROUNDS x MAX_ITERS steps with evaluations, samples and
-    checkpoints. Under torchrun each process trains its share of every batch (DDP); only rank 0
-    fetches, prints and writes. Returns the final metrics row."""
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    checkpoints. Under torchrun each process trains its share of every batch (DDP, even with one
+    process); only rank 0 fetches, prints and writes. Returns the final metrics row."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = resolve_device(cfg["DEVICE"], local_rank)
-    if ddp:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    lock = acquire_lock(cfg["OUT_DIR"]) if rank == 0 else None
     try:
-        return _train(cfg, resume, device, rank, world)
+        return _train(cfg, resume, device, rank, world, distributed)
     finally:
-        if ddp:
+        if lock:
+            lock.close()
+        if distributed:
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg, resume, device, rank, world):
-    master = rank == 0
-    out_dir, accum = cfg["OUT_DIR"], cfg["GRADIENT_ACCUMULATION_STEPS"]
-    if accum % world:
-        raise UserError(f"--gradient-accumulation-steps {accum} must be a multiple of the {world} processes")
-    accum //= world
+def hardware_choice(cfg, config, device, n_params, distributed, ck) -> dict:
+    """Precision and optimizer, measured on rank 0 and shared, so that every rank computes alike;
+    a resumed run keeps the checkpoint's choice, so that it continues exactly."""
+    if ck is not None and ck.get("choice"):
+        return dict(ck["choice"], why=ck["choice"]["why"] + " (kept from the checkpoint)")
+    box = [None]
+    if not distributed or torch.distributed.get_rank() == 0:
+        precision = measure_precision(device, config, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], cfg["DTYPE"])
+        optimizer, why = choose_optimizer(cfg, config, precision, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], n_params)
+        box = [dict({k: dtype_name(precision[k]) for k in ("train", "muon", "sample")}, optimizer=optimizer,
+                    why=f"precision {precision['why']}; optimizer {why}")]
+    if distributed:
+        torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _train(cfg, resume, device, rank, world, distributed):
+    master, out_dir = rank == 0, cfg["OUT_DIR"]
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    lock = acquire_lock(out_dir) if master else None
-    dtype = resolve_dtype(cfg["DTYPE"], device)
-    autocast = autocast_context(device, dtype)
+    say = log if master else (lambda m: None)
+    config = GPTConfig(len(VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"], cfg["N_LAYER"], cfg["DROPOUT"],
+                       cfg["BIAS"], cfg["TIE_EMBEDDINGS"])
+    ck = load_checkpoint(ckpt_path, device) if resume else None
+    if ck is not None:
+        cfg = dict(cfg, **(ck.get("plan") or {})) if cfg["TIME_BUDGET"] > 0 else cfg  # the budget's step count
+        check_resumable(ck, config, cfg, say)
+    torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
+    model = GPTLanguageModel(config).to(device)
+    choice = hardware_choice(cfg, config, device, model.num_params(), distributed, ck)
+    say(f"{device}: {choice['why']}")
+    dtypes = {k: getattr(torch, choice[k]) for k in ("train", "muon", "sample")}
+    choice_dtypes = dict(choice, **dtypes)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
-    config = GPTConfig(len(VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"], cfg["N_LAYER"], cfg["DROPOUT"],
-                       cfg["BIAS"], cfg["TIE_EMBEDDINGS"])
-    model = GPTLanguageModel(config).to(device)
-    optimizers = make_optimizers(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizers = make_optimizers(model, cfg, device, choice["optimizer"], dtypes["muon"])
+    scaler = torch.amp.GradScaler(device.type, enabled=dtypes["train"] == torch.float16)
+    autocast = autocast_context(device, dtypes["train"])
     batch_gen = torch.Generator().manual_seed(cfg["SEED"] + rank)  # each rank its own stream of batches
-    sample_gen = torch.Generator(device=device).manual_seed(cfg["SEED"])
-    state = dict(iter=0, best_val_loss=float("inf"))
+    state = dict(iter=0, best_val_loss=float("inf"), plan=None, choice=choice, t_start=time.time(), meta={})
     metrics = MetricsLog(out_dir) if master else None
-    if resume:
-        ck = load_checkpoint(ckpt_path, device)
-        check_resumable(ck, config, cfg, log if master else (lambda m: None))
+    if ck is not None:
         model.load_state_dict(ck["model"])
         for opt, opt_state in zip(optimizers, ck["optimizer"], strict=True):
             opt.load_state_dict(opt_state)
         scaler.load_state_dict(ck["scaler"]) if ck.get("scaler") else None
-        state = dict(iter=ck["iter"], best_val_loss=ck["best_val_loss"])
+        state.update(iter=ck["iter"], best_val_loss=ck["best_val_loss"], plan=ck.get("plan"))
         restore_rng(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0], batch_gen)
         if master:
             metrics.rows = [m for m in read_metrics(metrics.path)  # the resumed run redoes this step's eval
@@ -1139,98 +1469,97 @@ def _train(cfg, resume, device, rank, world):
     raw_model = model
     if resolve_compile(cfg["COMPILE"], device):
         model = torch.compile(model)
-    if world > 1:
+    if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    n_params = raw_model.num_params()
-    total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
-    tokens_per_step = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * accum * world
-    fpt, peak = flops_per_token(config, n_params), peak_flops(device)
-    stop = StopFlag()
-    data, round_ = None, -1
-    row = {}
-    bar = progress(total=total, initial=state["iter"], unit="step", desc="train", disable=not master)
-    t_log, it_log = time.time(), state["iter"]
-    t_start, start = time.time(), state["iter"]
     try:
-        for it in range(start, total + 1):
+        return training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg, device, rank, world,
+                             choice_dtypes, state, metrics)
+    finally:
+        if metrics:
+            metrics.close()
+
+
+def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg, device, rank, world, choice,
+                  state, metrics) -> dict:
+    """Steps, with an evaluation every EVAL_INTERVAL steps and at each round's end, checkpoints every
+    CHECKPOINT_INTERVAL, a new corpus each round, and the TIME_BUDGET plan after the first steps."""
+    master, ckpt_path = rank == 0, os.path.join(cfg["OUT_DIR"], "ckpt.pt")
+    say = log if master else (lambda m: None)
+    n_params, start = raw_model.num_params(), state["iter"]
+    tokens_per_step = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * cfg["GRADIENT_ACCUMULATION_STEPS"] * world
+    fpt, peak = flops_per_token(raw_model.config, n_params), peak_flops(device)
+    planning = cfg["TIME_BUDGET"] > 0 and state["plan"] is None
+    stop, round_, row, eval_seconds = StopFlag(), -1, {}, 0.0
+    bar = progress(total=cfg["MAX_ITERS"] * cfg["ROUNDS"], initial=start, unit="step", desc="train", disable=not master)
+    t_log = t_probe = time.time()
+    it = it_log = start
+    save = lambda: save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
+    try:
+        while True:
+            total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
             if it < total and it // cfg["MAX_ITERS"] != round_:  # a new round: (re)build the corpus
                 round_ = it // cfg["MAX_ITERS"]
-                data, val_records = prepare_data(cfg, round_, rank, world)
-                if master:
-                    n_train, n_val = len(data["train"][0]), len(data["val"][0])
-                    log(f"round {round_ + 1}/{cfg['ROUNDS']}: {n_train + n_val:,} characters "
-                        f"({n_train:,} train, {n_val:,} val) on {device} ({str(dtype).split('.')[-1]}), "
-                        f"{n_params / 1e6:.2f}M parameters, {total} steps of {tokens_per_step:,} tokens")
-                    if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
-                        log("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
-            last = it == total
+                data, splits = prepare_data(cfg, round_, rank, world)
+                qa_sets = qa_eval_sets(splits, cfg["QA_EVAL"])
+                state["meta"] = dict(train_titles=[r["title"] for r in splits["train"]],
+                                     val_titles=[r["title"] for r in splits["val"]],
+                                     qa_eval={k: [{f: r[f] for f in ("title", "question", "answer")} for r in v]
+                                              for k, v in qa_sets.items()})
+                n_train, n_val = len(data["train"][0]), len(data["val"][0])
+                say(f"round {round_ + 1}/{cfg['ROUNDS']}: {len(splits['train']) + len(splits['val']):,} articles, "
+                    f"{n_train + n_val:,} characters ({n_train:,} train, {n_val:,} val), {n_params / 1e6:.2f}M "
+                    f"parameters, " + (f"{total} steps" if not planning else f"steps to fit {cfg['TIME_BUDGET']:g} "
+                                       "minutes (measured over the first steps)") + f" of {tokens_per_step:,} tokens")
+                if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
+                    say("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
+                t_log, it_log = time.time(), it  # speeds count training only
+            last = it >= total
             if it % cfg["EVAL_INTERVAL"] == 0 or it % cfg["MAX_ITERS"] == 0 or last:  # and at each round's end
-                losses = estimate_loss(model, data, cfg, device, autocast, cfg["SEED"] + 999)
-                if master:
-                    row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"],
-                               val_bpc=losses["val"] / math.log(2), val_answer_loss=losses["val_answer"],
-                               lr=cfg["LEARNING_RATE"] * lr_scale(max(it - 1, 0), cfg), elapsed=round(time.time() - t_start, 2))
-                    metrics.add(row)
-                    sample_gen.manual_seed(cfg["SEED"] + it)  # the same samples whether resumed or not
-                    answers = sample_answers(raw_model, val_records[:3], cfg, sampling_context(device, dtype), sample_gen)
-                    log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                        f"({row['val_bpc']:.3f} bits/char), answer-only val loss {losses['val_answer']:.4f}\n"
-                        + "\n".join(f"  Q: {q}\n  A: {a}" for q, a in answers[:1]))
-                    write_samples(out_dir, it, answers)
-                    if losses["val"] < state["best_val_loss"]:
-                        state["best_val_loss"] = losses["val"]
-                        save_model(os.path.join(out_dir, "model.pt"), raw_model, it, losses["val"])
-                    plot_losses(metrics.rows, os.path.join(out_dir, "loss.png"))
+                t_eval = time.time()
+                row = evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, state, metrics) or row
+                eval_seconds = time.time() - t_eval
+                t_log, t_probe = t_log + eval_seconds, t_probe + eval_seconds  # speeds count training only
             if last:
                 break
-            if it > start and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
-                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master)
+            if planning and it - start >= 5 and (time.time() - t_probe > 10 or it - start >= 50):
+                plan = [plan_steps(cfg, it, (time.time() - t_probe) / (it - start - 2), eval_seconds,
+                                   time.time() - state["t_start"])]
+                if world > 1:
+                    torch.distributed.broadcast_object_list(plan, src=0)
+                state["plan"], planning = plan[0], False
+                cfg.update(plan[0])
+                bar.total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
+                if master:
+                    log(f"time budget {cfg['TIME_BUDGET']:g} minutes: {bar.total} steps at "
+                        f"{(time.time() - t_probe) / (it - start - 2):.3f} s/step, evaluating every "
+                        f"{cfg['EVAL_INTERVAL']} ({eval_seconds:.1f} s each)")
+                continue
+            if it > start and not planning and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
+                save()
             if stop.requested(world):  # Ctrl-C lands here, between steps, where the state is whole
-                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master)
+                save()
                 if master:
                     log(f"\ninterrupted at step {it}; saved {ckpt_path}. Continue with the same flags and --resume")
                 raise KeyboardInterrupt
 
             scale = lr_scale(it, cfg)
-            lr = cfg["LEARNING_RATE"] * scale
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = group["peak_lr"] * scale
-            for micro in range(accum):
-                x, y = get_batch(data["train"][0], cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
-                sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
-                with sync, autocast:
-                    _, loss = model(x, y)
-                scaler.scale(loss / accum).backward()
-            if cfg["GRAD_CLIP"] > 0:
-                for opt in optimizers:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["GRAD_CLIP"])
-            for opt in optimizers:
-                scaler.step(opt)
-            scaler.update()
-            model.zero_grad(set_to_none=True)
+            loss = train_step(model, optimizers, scaler, data["train"][0], batch_gen, cfg, device, autocast, world)
+            it += 1
+            state["iter"] = it
             bar.update(1)
-
-            if (it + 1) % cfg["LOG_INTERVAL"] == 0 or it + 1 == total:
-                dt = time.time() - t_log
-                tok_s = (it + 1 - it_log) * tokens_per_step / max(dt, 1e-9)
-                t_log, it_log = time.time(), it + 1
+            if it - start == 2:
+                t_probe = time.time()  # the speed for the budget is measured after two warm-up steps
+            if it % cfg["LOG_INTERVAL"] == 0 or it == total:
+                dt = (time.time() - t_log) / (it - it_log)
+                t_log, it_log = time.time(), it
                 if master:
-                    row = dict(iter=it + 1, train_loss=loss.item(), lr=lr, tokens_per_s=round(tok_s),
-                               elapsed=round(time.time() - t_start, 2))
-                    if peak:
-                        row["mfu"] = fpt * tok_s / peak
-                    metrics.add(row)
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-                    if bar.disable:
-                        eta = (total - it - 1) * dt / cfg["LOG_INTERVAL"]
-                        log(f"step {it + 1}/{total}: loss {row['train_loss']:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
-                            + (f", MFU {row['mfu']:.1%}" if peak else "") + f", ETA {format_seconds(eta)}")
-                    if it + 1 == 2 * cfg["LOG_INTERVAL"]:  # the first interval includes warming up
-                        log(f"ETA for {total} steps: {format_seconds((total - it - 1) * dt / cfg['LOG_INTERVAL'])}")
-        save_checkpoint(ckpt_path, raw_model, optimizers, scaler, total, state, cfg, val_records, batch_gen, master)
+                    log_progress(metrics, bar, it, total, loss.item(), cfg["LEARNING_RATE"] * scale,
+                                 tokens_per_step / dt, (total - it) * dt, fpt * tokens_per_step / dt / peak if peak else None,
+                                 time.time() - state["t_start"])
+        save()
         if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
             digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
             digests = [None] * world
@@ -1240,19 +1569,16 @@ def _train(cfg, resume, device, rank, world):
     finally:
         bar.close()
         stop.restore()
-        if lock:
-            lock.close()
-        if metrics:
-            metrics.close()
     if master:
-        log(f"done: best val loss {state['best_val_loss']:.4f}, model in {os.path.join(out_dir, 'model.pt')}; "
-            f"try: python gpty2_wiki.py --ask \"Who is Ada Lovelace?\" --out-dir {out_dir}")
+        log(f"done in {format_seconds(time.time() - state['t_start'])}: best val loss {state['best_val_loss']:.4f}, "
+            f"model in {os.path.join(cfg['OUT_DIR'], 'model.pt')}; try: python gpty2_wiki.py --ask \"Who is Ada "
+            f"Lovelace?\" --out-dir {cfg['OUT_DIR']}")
     return row
 
 
 def prepare_data(cfg: dict, round_: int, rank: int, world: int):
-    """This round's corpus as tensors. Rank 0 builds it (fetching what is missing) and sends the
-    records to the other ranks, so every rank trains on exactly the same articles."""
+    """This round's corpus as tensors, and its records by split. Rank 0 builds it (fetching what is
+    missing) and sends the records to the other ranks, so every rank trains on the same articles."""
     n = cfg["NUM_ARTICLES"] + round_ * cfg["ARTICLES_PER_ROUND"]
     records = build_corpus(cfg, n) if rank == 0 else None
     if world > 1:
@@ -1271,13 +1597,7 @@ def prepare_data(cfg: dict, round_: int, rank: int, world: int):
         if len(ids) <= cfg["BLOCK_SIZE"] + 1:
             raise UserError(f"the {k} split has only {len(ids)} characters, fewer than --block-size "
                             f"{cfg['BLOCK_SIZE']}: raise --num-articles or lower --block-size")
-    val_records = sorted(splits["val"], key=lambda r: hashlib.sha256(r["title"].encode()).digest())
-    return data, val_records
-
-
-def sample_answers(model, records: list[dict], cfg: dict, autocast, generator) -> list[tuple[str, str]]:
-    return [(r["question"], ask(model, r["question"], cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"],
-                                generator, autocast)) for r in records]
+    return data, splits
 
 
 def resolve_compile(name: str, device: torch.device) -> bool:
@@ -1370,9 +1690,11 @@ def save_file(path: str, write, what: str) -> bool:
         return False
 
 
-def save_model(path: str, model: GPTLanguageModel, it: int, val_loss: float) -> bool:
-    obj = dict(model=model.state_dict(), config=asdict(model.config), vocab=VOCAB, iter=it, val_loss=val_loss,
-               version=__version__)
+def save_model(path: str, model: GPTLanguageModel, it: int, val_loss: float, meta: dict | None = None) -> bool:
+    """model.pt: the weights, the shape, the vocabulary, and what the model read and scored (meta:
+    train_titles, val_titles, qa_eval sets, recall, val_similarity; all plain data)."""
+    obj = dict(meta or {}, model=model.state_dict(), config=asdict(model.config), vocab=VOCAB, iter=it,
+               val_loss=val_loss, version=__version__)
     return save_file(path, lambda f: torch.save(obj, f), "model")
 
 
@@ -1389,9 +1711,10 @@ def restore_rng(state: dict, batch_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, val_records, batch_gen, master) -> None:
+def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, batch_gen, master) -> None:
     """Everything needed to continue exactly: weights, optimizer, step, best loss, the whole
-    configuration, vocabulary, data split and every rank's random-number state."""
+    configuration, the measured choices (precision, optimizer, TIME_BUDGET's plan), vocabulary, data
+    split and every rank's random-number state."""
     rng = [rng_state(batch_gen)]
     if torch.distributed.is_initialized():
         rng = [None] * torch.distributed.get_world_size()
@@ -1401,8 +1724,8 @@ def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, val_records
     obj = dict(model=model.state_dict(), optimizer=[opt.state_dict() for opt in optimizers],
                scaler=scaler.state_dict() if scaler.is_enabled() else None, config=asdict(model.config),
                vocab=VOCAB, iter=it, best_val_loss=state["best_val_loss"], train_config=dict(cfg),
-               split=dict(val_fraction=cfg["VAL_FRACTION"], val_titles=[r["title"] for r in val_records]),
-               rng=rng, version=__version__)
+               choice=state["choice"], plan=state["plan"], rng=rng, version=__version__,
+               split=dict(val_fraction=cfg["VAL_FRACTION"], val_titles=state["meta"].get("val_titles", [])))
     save_file(path, lambda f: torch.save(obj, f), "checkpoint")
 
 
@@ -1437,9 +1760,12 @@ def model_from_checkpoint(ck: dict, path: str) -> GPTLanguageModel:
 
 
 def load_model(path: str = os.path.join(OUT_DIR, "model.pt"), device: str = "cpu") -> GPTLanguageModel:
-    """The trained model from model.pt (or ckpt.pt), in eval mode, ready for ask()."""
+    """The trained model from model.pt (or ckpt.pt), in eval mode, ready for ask(). model.meta holds
+    the rest of the file: iter, val_loss and, from newer files, train_titles, qa_eval and recall."""
     ck = load_checkpoint(path, device)
-    return model_from_checkpoint(ck, path).to(device).eval()
+    model = model_from_checkpoint(ck, path).to(device).eval()
+    model.meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}
+    return model
 
 
 def check_resumable(ck: dict, config: GPTConfig, cfg: dict, say) -> None:
@@ -1489,12 +1815,14 @@ class MetricsLog:
             self.wandb.finish()
 
 
-def write_samples(out_dir: str, it: int, answers: list[tuple[str, str]]) -> None:
-    """Append this evaluation's answers to samples.txt, so one can watch them improve."""
+def write_samples(out_dir: str, it: int, examples: list[tuple[str, str, str, str]]) -> None:
+    """Append this evaluation's greedy answers, each beside the truth, to samples.txt, so one can
+    watch them improve. examples: (split, question, answer, truth)."""
     path = os.path.join(out_dir, "samples.txt")
     try:
         with open(path, "a") as f:
-            f.write(f"--- step {it}\n" + "".join(f"Q: {q}\nA: {a}\n\n" for q, a in answers))
+            f.write(f"--- step {it}\n" + "".join(f"Q: {q} ({split} article)\nA: {a}\nTrue: {t}\n\n"
+                                                 for split, q, a, t in examples))
     except OSError as e:
         log(f"warning: could not write {path} ({e.strerror or e})")
 
@@ -1511,17 +1839,22 @@ def plot_losses(metrics: list[dict], path: str) -> None:
             log("note: pip install matplotlib to get a loss plot")
             plot_losses.warned = True
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=110, sharex=True, height_ratios=(3, 2))
     steps = [m for m in metrics if "tokens_per_s" in m]
     evals = [m for m in metrics if "val_loss" in m]
     ax.plot([m["iter"] for m in steps], [m["train_loss"] for m in steps], lw=0.8, alpha=0.5, label="train (batch)")
     for key, label in (("train_loss", "train (eval)"), ("val_loss", "val"), ("val_answer_loss", "val, answers only")):
         ax.plot([m["iter"] for m in evals], [m[key] for m in evals], marker="o", ms=3, label=label)
-    ax.set(xlabel="step", ylabel="cross-entropy loss (nats per character)", yscale="log", title="gpty2_wiki training")
+    ax.set(ylabel="cross-entropy loss (nats per character)", yscale="log", title="gpty2_wiki training")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 2, 3, 4 rather than 2 x 10^0
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    for key, label in (("recall", "recall: train openings exact"), ("train_similarity", "train similarity"),
+                       ("val_similarity", "val similarity (unseen articles)")):
+        ax2.plot([m["iter"] for m in evals if key in m], [m[key] for m in evals if key in m], marker="o", ms=3, label=label)
+    ax2.set(xlabel="step", ylabel="Q&A score", ylim=(0, 1))
+    for a in (ax, ax2):
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     save_file(path, lambda f: fig.savefig(f, format="png"), "plot")
     plt.close(fig)
@@ -1569,7 +1902,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{k}: " + " ".join(f"{n.lower().replace('_', '-')}={v}" for n, v in d.items()) for k, d in PRESETS.items()))
     p.add_argument("--ask", nargs="?", const="", metavar="QUESTION",
                    help="answer QUESTION with OUT_DIR/model.pt; without QUESTION, a prompt (Ctrl-D leaves)")
-    p.add_argument("--model", metavar="PATH", help="model file for --ask (default OUT_DIR/model.pt)")
+    p.add_argument("--model", metavar="PATH", help="model file for --ask and --eval (default OUT_DIR/model.pt)")
+    p.add_argument("--eval", action="store_true", help="score OUT_DIR/model.pt (or --model): recall, val similarity, val loss")
     p.add_argument("--fetch-only", action="store_true", help="build the article cache, then exit")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
     with open(__file__, encoding="utf-8") as f:  # each constant's comment is its flag's help
@@ -1592,12 +1926,13 @@ def make_config(args: argparse.Namespace) -> dict:
     cfg.update({k: v for k, v in vars(args).items() if k.isupper()})
     positive = ["NUM_ARTICLES", "ROUNDS", "ANSWER_CHARS", "FETCH_BATCH", "N_LAYER", "N_HEAD", "N_EMBD", "BLOCK_SIZE",
                 "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "MAX_ITERS", "LEARNING_RATE", "EVAL_INTERVAL",
-                "EVAL_ITERS", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT"]
+                "EVAL_ITERS", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT",
+                "MUON_LR", "QA_EVAL", "QA_OPENING"]
     for k in positive:
         if not cfg[k] > 0:
             raise UserError(f"--{k.lower().replace('_', '-')} must be positive, not {cfg[k]}")
     for k in ("ARTICLES_PER_ROUND", "MIN_ANSWER_CHARS", "MAXLAG", "HTTP_RETRIES", "RETRY_BACKOFF", "WARMUP_ITERS",
-              "WEIGHT_DECAY", "GRAD_CLIP", "TEMPERATURE", "TOP_K", "MIN_LR_RATIO"):
+              "WEIGHT_DECAY", "GRAD_CLIP", "TEMPERATURE", "TOP_K", "MIN_LR_RATIO", "TIME_BUDGET"):
         if cfg[k] < 0:
             raise UserError(f"--{k.lower().replace('_', '-')} must not be negative, not {cfg[k]}")
     for k in ("DROPOUT", "BETA1", "BETA2", "VAL_FRACTION"):
@@ -1608,13 +1943,25 @@ def make_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def ask_loop(cfg: dict, question: str, model_path: str) -> None:
-    """--ask: one answer, or a prompt loop on standard input."""
+def sampling_setup(cfg: dict, model_path: str):
+    """(model, device, autocast) for answering: the sampling precision measured here, as in training."""
     device = resolve_device(cfg["DEVICE"])
     model = load_model(model_path, device)
+    dtype = measure_precision(device, model.config, 1, cfg["DTYPE"])["sample"]
+    return model, device, autocast_context(device, dtype)
+
+
+def ask_loop(cfg: dict, question: str, model_path: str) -> None:
+    """--ask: one answer, or a prompt loop on standard input; under each answer, whether its subject
+    was among the training articles (when the model file says)."""
+    model, device, autocast = sampling_setup(cfg, model_path)
     generator = torch.Generator(device=device).manual_seed(cfg["SEED"])
-    autocast = sampling_context(device, resolve_dtype(cfg["DTYPE"], device))
-    answer = lambda q: ask(model, q, cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"], generator, autocast)
+
+    def answer(q):
+        text = ask(model, q, cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"], generator, autocast)
+        seen, n = seen_in_training(model, q), len(model.meta.get("train_titles") or [])
+        return text + ("" if seen is None else f"\n[{'among' if seen else 'not among'} the {n:,} training articles: "
+                                               f"{'expect recall' if seen else 'the answer is invented'}]")
     if question:
         print(answer(question))
         return
@@ -1629,11 +1976,44 @@ def ask_loop(cfg: dict, question: str, model_path: str) -> None:
             print(("A: " if interactive else "") + answer(q))
 
 
+def eval_model(cfg: dict, model_path: str) -> dict:
+    """--eval: the Q&A evaluation and the val loss of a saved model, on the questions it was scored on
+    in training, as a short table with three answers of each kind beside the truth."""
+    model, device, autocast = sampling_setup(cfg, model_path)
+    sets = model.meta.get("qa_eval")
+    if not sets:
+        raise UserError(f"{model_path} holds no evaluation questions (made by an older version): retrain to --eval it")
+    t0 = time.time()
+    qa = evaluate_qa(model, sets, min(cfg["ANSWER_CHARS"] + 10, cfg["MAX_ANSWER_CHARS"]), autocast)
+    ids, _ = records_to_tensors(sets["val"])
+    T = min(model.config.block_size, len(ids) - 1)
+    n = (len(ids) - 1) // T * T
+    with torch.inference_mode():
+        _, loss = model(ids[:n].view(-1, T).long().to(device), ids[1:n + 1].view(-1, T).long().to(device))
+    result = dict(recall=qa["train"]["exact"], train_similarity=qa["train"]["similarity"], val_exact=qa["val"]["exact"],
+                  val_similarity=qa["val"]["similarity"], val_loss=loss.item(), seconds=time.time() - t0)
+    nt, nv = len(sets["train"]), len(sets["val"])
+    print(f"{model_path}: {model.num_params() / 1e6:.2f}M parameters, step {model.meta.get('iter')}, "
+          f"{len(model.meta.get('train_titles', [])):,} training articles\n"
+          f"  recall (train questions, first {QA_OPENING} characters exact)  {result['recall']:6.1%}  of {nt}\n"
+          f"  train similarity (difflib ratio)                     {result['train_similarity']:6.3f}\n"
+          f"  val exact openings (unseen articles)                 {result['val_exact']:6.1%}  of {nv}\n"
+          f"  val similarity (form and register, not facts)        {result['val_similarity']:6.3f}\n"
+          f"  val loss on the {nv} val answers' text               {result['val_loss']:6.3f} nats/char "
+          f"({result['val_loss'] / math.log(2):.3f} bits/char)\n  ({result['seconds']:.1f} s)")
+    for split in ("train", "val"):
+        for r, a in list(zip(sets[split], qa[split]["answers"]))[:3]:
+            print(f"\nQ: {r['question']} ({split} article)\nA: {a}\nTrue: {r['answer']}")
+    return result
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = make_config(args)
-        if getattr(args, "ask", None) is not None:
+        if getattr(args, "eval", False):
+            eval_model(cfg, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+        elif getattr(args, "ask", None) is not None:
             ask_loop(cfg, args.ask, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
         elif getattr(args, "fetch_only", False):
             records = build_corpus(cfg, cfg["NUM_ARTICLES"])

@@ -456,7 +456,8 @@ def test_auto_source_with_a_closed_port_falls_back_to_the_cache_then_offline(wik
     assert all(r["source"] == "offline" for r in records[20:])                   # then the offline corpus
     assert len({r["title"] for r in records}) == 40
     said = [line for line in capsys.readouterr().out.splitlines() if "unreachable" in line]
-    assert said == ["Wikipedia is unreachable (ConnectionError): using the 20 cached articles and the offline corpus"]
+    assert said == ["Wikipedia is unreachable (127.0.0.1: Connection refused): using the 20 cached articles and the "
+                    "offline corpus"]
     assert len(lines_of(path)) == 20  # offline records are not cached as if fetched
 
     rc = g.main(["--fetch-only", "--data-source", "auto", "--wiki-api-url", url, "--num-articles", "30",
@@ -465,6 +466,22 @@ def test_auto_source_with_a_closed_port_falls_back_to_the_cache_then_offline(wik
     assert rc == 0 and err == ""
     assert sum("unreachable" in line for line in out.splitlines()) == 1
     assert "corpus: 30 articles" in out
+
+
+def test_no_network_is_known_within_seconds_with_the_default_retries(tmp_path, capsys, fast_offline):
+    """urllib3's connect retries (1 + 2 + 4 + 8 + 16 s at the defaults) are for a Wikipedia that is
+    reachable but failing: one quick probe first tells a machine with no network at once."""
+    url = closed_port_url()
+    t0 = time.monotonic()
+    rc = g.main(["--fetch-only", "--data-source", "auto", "--wiki-api-url", url, "--num-articles", "30",
+                 "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert rc == 0 and time.monotonic() - t0 < 5  # the retries alone would wait 31 s
+    assert out.index("connecting to 127.0.0.1") < out.index("Wikipedia is unreachable")  # said before waiting
+    assert "corpus: 30 articles" in out
+    assert g.probe(url, 1.0) == "127.0.0.1: Connection refused"
+    with WikiServer() as server:
+        assert g.probe(server.url, 1.0) == "" and server.count == 0  # a TCP connection, no request
 
 
 def test_offline_source_never_touches_the_network(wiki_server, tmp_path, capsys, fast_offline):
