@@ -65,6 +65,7 @@ BIAS = False                # biases in the Linear layers (LayerNorm keeps its o
 TIE_EMBEDDINGS = False      # lm_head shares the token embedding's weight (measured worse here)
 # training
 BATCH_SIZE = 64             # sequences per micro-step, in each process
+QA_WINDOWS = 0.0            # share of training windows that start at a Q&A record, as a question does; the rest anywhere
 GRADIENT_ACCUMULATION_STEPS = 1  # micro-steps per optimizer step, in each process (global batch x processes)
 MAX_ITERS = 5000            # optimizer steps per round (TIME_BUDGET, when set, decides instead)
 TIME_BUDGET = 0.0           # minutes for the whole run, 0 = off; else the step count follows the measured speed
@@ -1031,10 +1032,20 @@ def records_to_tensors(records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-def get_batch(ids, batch_size, block_size, generator, device, mask=None):
+def record_starts(mask: torch.Tensor) -> torch.Tensor:
+    """Where each record after the first begins, counting the blank line before it: windows from
+    there open with "\n\nQ: ", exactly as ask()'s prompt does."""
+    return torch.nonzero(mask[1:-1] & ~mask[2:]).flatten()  # the answer's blank line ends, a question starts
+
+
+def get_batch(ids, batch_size, block_size, generator, device, mask=None, starts=None, aligned=0.0):
     """Random windows: x (B, T) and the next characters y (B, T); with a mask, also (B, T) of
-    which targets are answer characters."""
+    which targets are answer characters. A share `aligned` of the windows starts at record
+    `starts` (question, then answer) rather than anywhere."""
     ix = torch.randint(len(ids) - block_size - 1, (batch_size,), generator=generator)
+    if aligned > 0 and starts is not None and len(starts):
+        k = round(aligned * batch_size)
+        ix[:k] = starts[torch.randint(len(starts), (k,), generator=generator)].clamp(max=len(ids) - block_size - 2)
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
     w = ids[offsets].long()
     x, y = w[:, :-1], w[:, 1:]
@@ -1244,7 +1255,7 @@ def estimate_loss(model, data: dict, cfg: dict, device, autocast, seed: int) -> 
     the val loss on answer characters only: what a Q&A user cares about."""
     model.eval()
     out = {}
-    for split, (ids, mask) in data.items():
+    for split, (ids, mask, _) in data.items():
         gen = torch.Generator().manual_seed(seed)
         total, answer_loss, answer_n = 0.0, 0.0, 0
         for _ in range(cfg["EVAL_ITERS"]):
@@ -1358,12 +1369,12 @@ def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: floa
                 CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * scale)))
 
 
-def train_step(model, optimizers, scaler, ids, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
+def train_step(model, optimizers, scaler, ids, starts, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
     """One optimizer step over GRADIENT_ACCUMULATION_STEPS micro-batches; DDP synchronises the
     gradients on the last one only. Returns the last micro-batch's loss."""
     accum = cfg["GRADIENT_ACCUMULATION_STEPS"]
     for micro in range(accum):
-        x, y = get_batch(ids, cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device)
+        x, y = get_batch(ids, cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"], batch_gen, device, None, starts, cfg["QA_WINDOWS"])
         sync = model.no_sync() if world > 1 and micro < accum - 1 else nullcontext()
         with sync, autocast:
             _, loss = model(x, y)
@@ -1546,7 +1557,8 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = group["peak_lr"] * scale
-            loss = train_step(model, optimizers, scaler, data["train"][0], batch_gen, cfg, device, autocast, world)
+            loss = train_step(model, optimizers, scaler, data["train"][0], data["train"][2], batch_gen, cfg, device,
+                              autocast, world)
             it += 1
             state["iter"] = it
             bar.update(1)
@@ -1593,6 +1605,7 @@ def prepare_data(cfg: dict, round_: int, rank: int, world: int):
     if not splits["val"] or not splits["train"]:
         raise UserError(f"{len(records)} articles are too few to hold out a validation set: raise --num-articles")
     data = {k: records_to_tensors(v) for k, v in splits.items()}
+    data = {k: (ids, mask, record_starts(mask)) for k, (ids, mask) in data.items()}
     for k, (ids, _) in data.items():
         if len(ids) <= cfg["BLOCK_SIZE"] + 1:
             raise UserError(f"the {k} split has only {len(ids)} characters, fewer than --block-size "
@@ -1938,6 +1951,8 @@ def make_config(args: argparse.Namespace) -> dict:
     for k in ("DROPOUT", "BETA1", "BETA2", "VAL_FRACTION"):
         if not 0 <= cfg[k] < 1 or (k == "VAL_FRACTION" and cfg[k] == 0):
             raise UserError(f"--{k.lower().replace('_', '-')} must be in [0, 1), not {cfg[k]}")
+    if not 0 <= cfg["QA_WINDOWS"] <= 1:
+        raise UserError(f"--qa-windows must be in [0, 1], not {cfg['QA_WINDOWS']}")
     if cfg["N_EMBD"] % cfg["N_HEAD"]:
         raise UserError(f"--n-embd {cfg['N_EMBD']} must be a multiple of --n-head {cfg['N_HEAD']}")
     return cfg
