@@ -82,7 +82,8 @@ EVAL_INTERVAL = 500         # steps between evaluations (and best-model saves)
 EVAL_ITERS = 50             # batches per split in an evaluation
 LOG_INTERVAL = 50           # steps between log lines
 CHECKPOINT_INTERVAL = 250   # steps between resumable checkpoints (out/ckpt.pt)
-QA_EVAL = 200               # questions from the train and from the val articles answered at each evaluation
+QA_EVAL = 100               # questions from the train and from the val articles answered at each evaluation
+QA_CHARS = 160              # characters of each answer generated and compared with the truth's
 QA_OPENING = 40             # an answer is recalled when its first this many characters are the truth's
 # sampling
 TEMPERATURE = 0.8           # 0 = greedy
@@ -100,7 +101,7 @@ WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 PRESETS = {
     # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
     "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, MAX_ITERS=2500, TIME_BUDGET=10.0,
-                EVAL_INTERVAL=250, EVAL_ITERS=20, LOG_INTERVAL=25),
+                EVAL_INTERVAL=500, EVAL_ITERS=20, LOG_INTERVAL=25),
 }
 CHOICES = {
     "DATA_SOURCE": ("auto", "wikipedia", "offline"),
@@ -980,7 +981,7 @@ def subject_key(text: str) -> str:
 
 @torch.inference_mode()
 def answer_batch(model: GPTLanguageModel, questions: list[str], max_chars: int, autocast=None,
-                 batch: int = 64) -> list[str]:
+                 batch: int = 128) -> list[str]:
     """Greedy answers to many questions, `batch` at a time through one KV cache: prompts are
     left-padded to one length (see forward's pad). They equal ask(..., temperature=0) while a prompt
     and its answer fit in block_size; past that, all rows of a batch slide their window together."""
@@ -1080,7 +1081,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn, device: torch.device, reps: int = 3) -> float:
+def best_time(fn, device: torch.device, reps: int = 5) -> float:
     """Fastest of a few timed calls, after one untimed call (seconds)."""
     fn()
     best = float("inf")
@@ -1299,18 +1300,20 @@ def qa_eval_sets(splits: dict, n: int) -> dict:
     return {k: sorted(v, key=lambda r: hashlib.sha256(r["title"].encode()).digest())[:n] for k, v in splits.items()}
 
 
-def score_answers(answers: list[str], truths: list[str], opening: int = QA_OPENING) -> dict:
+def score_answers(answers: list[str], truths: list[str], opening: int = QA_OPENING, chars: int = QA_CHARS) -> dict:
     """exact: the share of answers whose first `opening` characters are the truth's, exactly;
-    similarity: the mean of difflib.SequenceMatcher(autojunk=False).ratio() of answer and truth,
-    in [0, 1] (2 x matching characters / total characters)."""
+    similarity: the mean of difflib.SequenceMatcher(autojunk=False).ratio() of the first `chars`
+    characters of answer and truth, in [0, 1] (2 x matching characters / their total)."""
     from difflib import SequenceMatcher
     n = max(len(truths), 1)
     exact = sum(a[:opening] == t[:opening] for a, t in zip(answers, truths)) / n
-    similarity = sum(SequenceMatcher(None, a, t, autojunk=False).ratio() for a, t in zip(answers, truths)) / n
+    similarity = sum(SequenceMatcher(None, a[:chars], t[:chars], autojunk=False).ratio()
+                     for a, t in zip(answers, truths)) / n
     return dict(exact=exact, similarity=similarity)
 
 
-def evaluate_qa(model: GPTLanguageModel, sets: dict, max_chars: int, autocast=None) -> dict:
+def evaluate_qa(model: GPTLanguageModel, sets: dict, max_chars: int = QA_CHARS, opening: int = QA_OPENING,
+                autocast=None) -> dict:
     """Greedy answers to each set's questions, scored against the true answers: recall on the
     training articles (the facts it learnt), exactness and similarity on unseen ones (the form)."""
     model.eval()
@@ -1318,7 +1321,7 @@ def evaluate_qa(model: GPTLanguageModel, sets: dict, max_chars: int, autocast=No
     out, done = {}, 0
     for split, records in sets.items():
         mine, done = answers[done:done + len(records)], done + len(records)
-        out[split] = dict(score_answers(mine, [r["answer"] for r in records]), answers=mine)
+        out[split] = dict(score_answers(mine, [r["answer"] for r in records], opening, max_chars), answers=mine)
     return out
 
 
@@ -1329,8 +1332,7 @@ def evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, sta
     losses = estimate_loss(model, data, cfg, device, autocast_context(device, choice["train"]), cfg["SEED"] + 999)
     if metrics is None:
         return {}
-    qa = evaluate_qa(raw_model, qa_sets, min(cfg["ANSWER_CHARS"] + 10, cfg["MAX_ANSWER_CHARS"]),
-                     autocast_context(device, choice["sample"]))
+    qa = evaluate_qa(raw_model, qa_sets, cfg["QA_CHARS"], cfg["QA_OPENING"], autocast_context(device, choice["sample"]))
     raw_model.train()
     row = dict(iter=it, train_loss=losses["train"], val_loss=losses["val"], val_bpc=losses["val"] / math.log(2),
                val_answer_loss=losses["val_answer"], recall=qa["train"]["exact"],
@@ -1452,7 +1454,9 @@ def _train(cfg, resume, device, rank, world, distributed):
     torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
     model = GPTLanguageModel(config).to(device)
     choice = hardware_choice(cfg, config, device, model.num_params(), distributed, ck)
-    say(f"{device}: {choice['why']}")
+    backend = torch.distributed.get_backend() if distributed else ""
+    say(f"{device}" + (f" (DDP over {backend}, {world} process{'es' * (world > 1)})" if distributed else "")
+        + f": {choice['why']}")
     dtypes = {k: getattr(torch, choice[k]) for k in ("train", "muon", "sample")}
     choice_dtypes = dict(choice, **dtypes)
     if device.type == "cuda":
@@ -1495,34 +1499,20 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
     """Steps, with an evaluation every EVAL_INTERVAL steps and at each round's end, checkpoints every
     CHECKPOINT_INTERVAL, a new corpus each round, and the TIME_BUDGET plan after the first steps."""
     master, ckpt_path = rank == 0, os.path.join(cfg["OUT_DIR"], "ckpt.pt")
-    say = log if master else (lambda m: None)
-    n_params, start = raw_model.num_params(), state["iter"]
+    start = state["iter"]
     tokens_per_step = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * cfg["GRADIENT_ACCUMULATION_STEPS"] * world
-    fpt, peak = flops_per_token(raw_model.config, n_params), peak_flops(device)
+    fpt, peak = flops_per_token(raw_model.config, raw_model.num_params()), peak_flops(device)
     planning = cfg["TIME_BUDGET"] > 0 and state["plan"] is None
     stop, round_, row, eval_seconds = StopFlag(), -1, {}, 0.0
     bar = progress(total=cfg["MAX_ITERS"] * cfg["ROUNDS"], initial=start, unit="step", desc="train", disable=not master)
     t_log = t_probe = time.time()
     it = it_log = start
-    save = lambda: save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
     try:
         while True:
             total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
-            if it < total and it // cfg["MAX_ITERS"] != round_:  # a new round: (re)build the corpus
-                round_ = it // cfg["MAX_ITERS"]
-                data, splits = prepare_data(cfg, round_, rank, world)
-                qa_sets = qa_eval_sets(splits, cfg["QA_EVAL"])
-                state["meta"] = dict(train_titles=[r["title"] for r in splits["train"]],
-                                     val_titles=[r["title"] for r in splits["val"]],
-                                     qa_eval={k: [{f: r[f] for f in ("title", "question", "answer")} for r in v]
-                                              for k, v in qa_sets.items()})
-                n_train, n_val = len(data["train"][0]), len(data["val"][0])
-                say(f"round {round_ + 1}/{cfg['ROUNDS']}: {len(splits['train']) + len(splits['val']):,} articles, "
-                    f"{n_train + n_val:,} characters ({n_train:,} train, {n_val:,} val), {n_params / 1e6:.2f}M "
-                    f"parameters, " + (f"{total} steps" if not planning else f"steps to fit {cfg['TIME_BUDGET']:g} "
-                                       "minutes (measured over the first steps)") + f" of {tokens_per_step:,} tokens")
-                if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
-                    say("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
+            if min(it, total - 1) // cfg["MAX_ITERS"] != round_:  # a new round: (re)build the corpus
+                round_ = min(it, total - 1) // cfg["MAX_ITERS"]
+                data, qa_sets = start_round(cfg, round_, it, rank, world, state, raw_model, device, planning)
                 t_log, it_log = time.time(), it  # speeds count training only
             last = it >= total
             if it % cfg["EVAL_INTERVAL"] == 0 or it % cfg["MAX_ITERS"] == 0 or last:  # and at each round's end
@@ -1533,22 +1523,13 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
             if last:
                 break
             if planning and it - start >= 5 and (time.time() - t_probe > 10 or it - start >= 50):
-                plan = [plan_steps(cfg, it, (time.time() - t_probe) / (it - start - 2), eval_seconds,
-                                   time.time() - state["t_start"])]
-                if world > 1:
-                    torch.distributed.broadcast_object_list(plan, src=0)
-                state["plan"], planning = plan[0], False
-                cfg.update(plan[0])
-                bar.total = cfg["MAX_ITERS"] * cfg["ROUNDS"]
-                if master:
-                    log(f"time budget {cfg['TIME_BUDGET']:g} minutes: {bar.total} steps at "
-                        f"{(time.time() - t_probe) / (it - start - 2):.3f} s/step, evaluating every "
-                        f"{cfg['EVAL_INTERVAL']} ({eval_seconds:.1f} s each)")
+                fix_plan(cfg, state, it, (time.time() - t_probe) / (it - start - 2), eval_seconds, world, master)
+                planning, bar.total = False, cfg["MAX_ITERS"] * cfg["ROUNDS"]
                 continue
             if it > start and not planning and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
-                save()
+                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
             if stop.requested(world):  # Ctrl-C lands here, between steps, where the state is whole
-                save()
+                save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
                 if master:
                     log(f"\ninterrupted at step {it}; saved {ckpt_path}. Continue with the same flags and --resume")
                 raise KeyboardInterrupt
@@ -1559,25 +1540,17 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
                     group["lr"] = group["peak_lr"] * scale
             loss = train_step(model, optimizers, scaler, data["train"][0], data["train"][2], batch_gen, cfg, device,
                               autocast, world)
-            it += 1
-            state["iter"] = it
+            it = state["iter"] = it + 1
             bar.update(1)
             if it - start == 2:
                 t_probe = time.time()  # the speed for the budget is measured after two warm-up steps
-            if it % cfg["LOG_INTERVAL"] == 0 or it == total:
-                dt = (time.time() - t_log) / (it - it_log)
-                t_log, it_log = time.time(), it
-                if master:
-                    log_progress(metrics, bar, it, total, loss.item(), cfg["LEARNING_RATE"] * scale,
-                                 tokens_per_step / dt, (total - it) * dt, fpt * tokens_per_step / dt / peak if peak else None,
-                                 time.time() - state["t_start"])
-        save()
-        if world > 1:  # DDP keeps replicas identical; check it, cheaply, once
-            digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
-            digests = [None] * world
-            torch.distributed.all_gather_object(digests, digest.hexdigest())
-            if master:
-                log(f"weights identical on all {world} ranks: {len(set(digests)) == 1} ({digests[0][:12]})")
+            if (it % cfg["LOG_INTERVAL"] == 0 or it == total) and master:
+                dt, t_log, it_log = (time.time() - t_log) / (it - it_log), time.time(), it
+                log_progress(metrics, bar, it, total, loss.item(), cfg["LEARNING_RATE"] * scale, tokens_per_step / dt,
+                             (total - it) * dt, fpt * tokens_per_step / dt / peak if peak else None,
+                             time.time() - state["t_start"])
+        save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
+        check_replicas(raw_model, world, master)
     finally:
         bar.close()
         stop.restore()
@@ -1586,6 +1559,49 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
             f"model in {os.path.join(cfg['OUT_DIR'], 'model.pt')}; try: python gpty2_wiki.py --ask \"Who is Ada "
             f"Lovelace?\" --out-dir {cfg['OUT_DIR']}")
     return row
+
+
+def start_round(cfg, round_, it, rank, world, state, model, device, planning):
+    """A round's corpus as tensors, its Q&A evaluation sets, and what model.pt will record of it."""
+    data, splits = prepare_data(cfg, round_, rank, world)
+    qa_sets = qa_eval_sets(splits, cfg["QA_EVAL"])
+    state["meta"] = dict(train_titles=[r["title"] for r in splits["train"]], val_titles=[r["title"] for r in splits["val"]],
+                         qa_eval={k: [{f: r[f] for f in ("title", "question", "answer")} for r in v]
+                                  for k, v in qa_sets.items()})
+    if rank == 0:
+        n_train, n_val = len(data["train"][0]), len(data["val"][0])
+        steps = (f"steps to fit {cfg['TIME_BUDGET']:g} minutes (measured over the first steps)" if planning
+                 else f"{cfg['MAX_ITERS'] * cfg['ROUNDS']} steps")
+        tokens = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * cfg["GRADIENT_ACCUMULATION_STEPS"] * world
+        log(f"round {round_ + 1}/{cfg['ROUNDS']}: {len(splits['train']) + len(splits['val']):,} articles, "
+            f"{n_train + n_val:,} characters ({n_train:,} train, {n_val:,} val), {model.num_params() / 1e6:.2f}M "
+            f"parameters, {steps} of {tokens:,} tokens")
+        if it == 0 and device.type == "cpu" and cfg["N_EMBD"] >= 384:
+            log("note: this is the full, GPU-sized model; for a quick CPU run use --preset cpu")
+    return data, qa_sets
+
+
+def fix_plan(cfg, state, it, seconds_per_step, eval_seconds, world, master) -> None:
+    """TIME_BUDGET: decide the step count on rank 0, share it, and apply it to cfg (kept in state,
+    hence in every checkpoint)."""
+    plan = [plan_steps(cfg, it, seconds_per_step, eval_seconds, time.time() - state["t_start"])]
+    if world > 1:
+        torch.distributed.broadcast_object_list(plan, src=0)
+    state["plan"] = plan[0]
+    cfg.update(plan[0])
+    if master:
+        log(f"time budget {cfg['TIME_BUDGET']:g} minutes: {cfg['MAX_ITERS'] * cfg['ROUNDS']} steps at "
+            f"{seconds_per_step:.3f} s/step, evaluating every {cfg['EVAL_INTERVAL']} ({eval_seconds:.1f} s each)")
+
+
+def check_replicas(model, world, master) -> None:
+    """DDP keeps replicas identical; check it, cheaply, once at the end."""
+    if world > 1:
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters()))
+        digests = [None] * world
+        torch.distributed.all_gather_object(digests, digest.hexdigest())
+        if master:
+            log(f"weights identical on all {world} ranks: {len(set(digests)) == 1} ({digests[0][:12]})")
 
 
 def prepare_data(cfg: dict, round_: int, rank: int, world: int):
@@ -1606,7 +1622,7 @@ def prepare_data(cfg: dict, round_: int, rank: int, world: int):
         raise UserError(f"{len(records)} articles are too few to hold out a validation set: raise --num-articles")
     data = {k: records_to_tensors(v) for k, v in splits.items()}
     data = {k: (ids, mask, record_starts(mask)) for k, (ids, mask) in data.items()}
-    for k, (ids, _) in data.items():
+    for k, (ids, _, _) in data.items():
         if len(ids) <= cfg["BLOCK_SIZE"] + 1:
             raise UserError(f"the {k} split has only {len(ids)} characters, fewer than --block-size "
                             f"{cfg['BLOCK_SIZE']}: raise --num-articles or lower --block-size")
@@ -1940,7 +1956,7 @@ def make_config(args: argparse.Namespace) -> dict:
     positive = ["NUM_ARTICLES", "ROUNDS", "ANSWER_CHARS", "FETCH_BATCH", "N_LAYER", "N_HEAD", "N_EMBD", "BLOCK_SIZE",
                 "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "MAX_ITERS", "LEARNING_RATE", "EVAL_INTERVAL",
                 "EVAL_ITERS", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT",
-                "MUON_LR", "QA_EVAL", "QA_OPENING"]
+                "MUON_LR", "QA_EVAL", "QA_CHARS", "QA_OPENING"]
     for k in positive:
         if not cfg[k] > 0:
             raise UserError(f"--{k.lower().replace('_', '-')} must be positive, not {cfg[k]}")
@@ -1999,7 +2015,7 @@ def eval_model(cfg: dict, model_path: str) -> dict:
     if not sets:
         raise UserError(f"{model_path} holds no evaluation questions (made by an older version): retrain to --eval it")
     t0 = time.time()
-    qa = evaluate_qa(model, sets, min(cfg["ANSWER_CHARS"] + 10, cfg["MAX_ANSWER_CHARS"]), autocast)
+    qa = evaluate_qa(model, sets, cfg["QA_CHARS"], cfg["QA_OPENING"], autocast)
     ids, _ = records_to_tensors(sets["val"])
     T = min(model.config.block_size, len(ids) - 1)
     n = (len(ids) - 1) // T * T
@@ -2010,7 +2026,7 @@ def eval_model(cfg: dict, model_path: str) -> dict:
     nt, nv = len(sets["train"]), len(sets["val"])
     print(f"{model_path}: {model.num_params() / 1e6:.2f}M parameters, step {model.meta.get('iter')}, "
           f"{len(model.meta.get('train_titles', [])):,} training articles\n"
-          f"  recall (train questions, first {QA_OPENING} characters exact)  {result['recall']:6.1%}  of {nt}\n"
+          f"  recall (train questions, first {cfg['QA_OPENING']} characters exact)  {result['recall']:6.1%}  of {nt}\n"
           f"  train similarity (difflib ratio)                     {result['train_similarity']:6.3f}\n"
           f"  val exact openings (unseen articles)                 {result['val_exact']:6.1%}  of {nv}\n"
           f"  val similarity (form and register, not facts)        {result['val_similarity']:6.3f}\n"

@@ -9,9 +9,11 @@ median of several is used.
 
 1. Training tokens/s at the original's shape (6 layers, 6 heads, 384 wide, block 256): a naive
    reference written the original's way (a Python list of per-head Linear modules, an explicit tril
-   mask, fp32, eager) vs this project in fp32 vs this project's default precision. MFU on the CPU is
-   training FLOPs per token (6N + 12 L T C) x tokens/s over the bf16 rate of a 2048^3 matrix product
-   measured in this run. Dropout is 0 in all three, so all compute the same function.
+   mask, fp32, eager, AdamW) vs this project's model alone (fp32, and the precision it measures as
+   fastest here, AdamW) vs its default path (that precision and the optimizer it chooses here,
+   Muon's Newton-Schulz products included: what `python gpty2_wiki.py` runs). MFU is training FLOPs
+   per token (6N + 12 L T C) x tokens/s over the best native rate of a 2048^3 product measured in
+   this run (fp32 or bf16). Dropout is 0 in all, so all compute the same function.
 2. Peak memory of one training step at batch 64, each variant in a fresh process.
 3. Generating 500 characters from a one-character prompt: recompute the window every step vs the KV cache.
 4. On a GPU: wall time of the original's full run (5000 steps, batch 64, block 256).
@@ -115,25 +117,42 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_rate(device, dtype=torch.bfloat16, n=2048, reps=5):
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    rates = []
-    for _ in range(reps):
-        wait_for_idle_cpu(device)
-        sync(device)
-        t = time.perf_counter()
+def matmul_rate(device, dtype, n=2048, reps=5):
+    """GFLOP/s of an n^3 product in dtype; an emulated dtype (a probe at 512^3 runs 10x slower than
+    fp32) is measured at 512 only: 2048^3 would take a minute."""
+    def rate(m, dt, r):
+        a = torch.randn(m, m, device=device, dtype=dt)
+        b = torch.randn(m, m, device=device, dtype=dt)
         a @ b
-        sync(device)
-        rates.append(2 * n ** 3 / (time.perf_counter() - t))
-    return statistics.median(rates)
+        best = float("inf")
+        for _ in range(r):
+            wait_for_idle_cpu(device)
+            sync(device)
+            t = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+        return 2 * m ** 3 / best
+    if dtype != torch.float32 and rate(512, dtype, 2) * 10 < rate(512, torch.float32, 2):
+        return rate(512, dtype, 1)
+    return rate(n, dtype, reps)
 
 
-def make_variant(name, device, batch):
-    """(model, step function, batch) for 'naive', 'fp32' or 'default'."""
+def default_choice(device, batch):
+    """What a user's run chooses here: gpty2_wiki's own start-up measurement."""
+    config = g.GPTConfig(len(g.VOCAB), dropout=0.0, **SHAPE)
+    precision = g.measure_precision(device, config, batch * SHAPE["block_size"])
+    n = g.GPTLanguageModel(config).num_params()
+    optimizer, why = g.choose_optimizer(g.config_defaults(), config, precision, batch * SHAPE["block_size"], n)
+    return precision, optimizer, why
+
+
+def make_variant(name, device, batch, choice):
+    """(model, step function, optimizer-step function) for 'naive', 'fp32', 'model' (the chosen dtype,
+    AdamW) or 'default' (the chosen dtype and optimizer: what `python gpty2_wiki.py` runs)."""
     torch.manual_seed(0)
     cfg = g.GPTConfig(len(g.VOCAB), dropout=0.0, **SHAPE)
+    precision, optimizer, _ = choice
     if name == "naive":
         model = NaiveGPT(len(g.VOCAB), SHAPE["n_layer"], SHAPE["n_head"], SHAPE["n_embd"], SHAPE["block_size"])
         model = model.to(device)
@@ -141,33 +160,50 @@ def make_variant(name, device, batch):
         ctx = g.nullcontext()  # fp32, eager
     else:
         model = g.GPTLanguageModel(cfg).to(device)
-        opts = g.make_optimizers(model, g.config_defaults(), device)
-        dtype = torch.float32 if name == "fp32" else g.resolve_dtype("auto", device)
-        ctx = g.autocast_context(device, dtype)
+        opts = g.make_optimizers(model, g.config_defaults(), device, optimizer if name == "default" else "adamw",
+                                 precision["muon"])
+        ctx = g.autocast_context(device, torch.float32 if name == "fp32" else precision["train"])
         if g.resolve_compile("auto", device):
             model = torch.compile(model)
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, len(g.VOCAB), (batch, SHAPE["block_size"]), generator=gen).to(device)
     y = torch.randint(0, len(g.VOCAB), (batch, SHAPE["block_size"]), generator=gen).to(device)
 
+    def opt_step():
+        for opt in opts:
+            opt.step()
+
     def step():
         with ctx:
             _, loss = model(x, y)
         loss.backward()
-        for opt in opts:
-            opt.step()
+        opt_step()
         model.zero_grad(set_to_none=True)
-    return model, step
+
+    def backward_then_time_optimizer():  # the optimizer's share of a step, timed on its own
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        sync(device)
+        t = time.perf_counter()
+        opt_step()
+        sync(device)
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+    return model, step, backward_then_time_optimizer
 
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def bench_training(device, batch, rounds, warmup=2):
-    names = ["naive", "fp32", "default"]
-    variants = {n: make_variant(n, device, batch) for n in names}
-    for _, step in variants.values():
+def bench_training(device, batch, rounds, choice, warmup=2):
+    precision, optimizer, why = choice
+    names = ["naive", "fp32", "model", "default"]
+    if precision["train"] == torch.float32:
+        names.remove("fp32")  # the model alone already runs in fp32 here
+    variants = {n: make_variant(n, device, batch, choice) for n in names}
+    for _, step, _ in variants.values():
         for _ in range(warmup):
             step()
     times = {n: [] for n in names}
@@ -179,29 +215,38 @@ def bench_training(device, batch, rounds, warmup=2):
             variants[n][1]()
             sync(device)
             times[n].append(time.perf_counter() - t)
-    peak = matmul_rate(device)
-    n = n_params(variants["default"][0])
+    opt_times = [variants["default"][2]() for _ in range(rounds)]
+    rates = {dt: matmul_rate(device, dt) for dt in (torch.float32, torch.bfloat16)}
+    peak_dtype = max(rates, key=rates.get)
+    peak = rates[peak_dtype]
+    n = n_params(variants["model"][0])
     fpt = 6 * n + 12 * SHAPE["n_layer"] * SHAPE["block_size"] * SHAPE["n_embd"]
     tokens = batch * SHAPE["block_size"]
     print(f"\n1. Training, original shape, batch {batch}, median of {rounds} steps ({device}, "
           f"{n / 1e6:.2f}M parameters, {fpt / 1e6:.1f} MFLOP/token)")
-    print(f"   bf16 {2048}^3 matmul measured in this run: {peak / 1e9:,.0f} GFLOP/s")
-    print(f"   {'variant':36s} {'ms/step':>9s} {'tokens/s':>10s} {'x naive':>8s} {'MFU':>7s}")
-    base = None
-    result = {}
-    for name, label in zip(names, ["naive reference (per-head, tril, fp32)", "gpty2_wiki, fp32",
-                                   f"gpty2_wiki, default ({str(g.resolve_dtype('auto', device)).split('.')[-1]})"]):
+    print(f"   2048^3 matmul measured in this run: fp32 {rates[torch.float32] / 1e9:,.0f} GFLOP/s, bf16 "
+          f"{rates[torch.bfloat16] / 1e9:,.1f} GFLOP/s; MFU is against the best, {g.dtype_name(peak_dtype)}")
+    print(f"   gpty2_wiki's choice here: {why}; precision {precision['why']}")
+    print(f"   {'variant':44s} {'ms/step':>9s} {'tokens/s':>10s} {'x naive':>8s} {'MFU':>7s}")
+    tr, mu = g.dtype_name(precision["train"]), g.dtype_name(precision["muon"])
+    labels = {"naive": "naive reference (per-head, tril, fp32, AdamW)", "fp32": "gpty2_wiki model alone, fp32, AdamW",
+              "model": f"gpty2_wiki model alone, {tr}, AdamW",
+              "default": f"gpty2_wiki default path ({tr}, {optimizer}" + (f" in {mu})" if optimizer == "muon" else ")")}
+    base, result = None, {}
+    for name in names:
         med = statistics.median(times[name])
         tps = tokens / med
         base = base or tps
         result[name] = tps
-        print(f"   {label:36s} {med * 1e3:9.1f} {tps:10,.0f} {tps / base:8.2f} {fpt * tps / peak:7.1%}")
+        print(f"   {labels[name]:44s} {med * 1e3:9.1f} {tps:10,.0f} {tps / base:8.2f} {fpt * tps / peak:7.1%}")
+    share = statistics.median(opt_times) / statistics.median(times["default"])
+    print(f"   the default path's optimizer step: {statistics.median(opt_times) * 1e3:.1f} ms, {share:.0%} of its step")
     return result
 
 
 def memory_child(name, device_name, batch):
     device = torch.device(device_name)
-    _, step = make_variant(name, device, batch)
+    _, step, _ = make_variant(name, device, batch, default_choice(device, batch))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -219,7 +264,7 @@ def bench_memory(device, batch=64):
     print(f"\n2. Peak memory of one training step at batch {batch}, each in a fresh process "
           f"({'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'peak RSS, VmHWM'})")
     peaks = {}
-    for name in ["naive", "fp32", "default"]:
+    for name in ["naive", "model", "default"]:
         out = subprocess.run([sys.executable, __file__, "--memory-child", name, str(device), str(batch)],
                              capture_output=True, text=True).stdout
         line = [ln for ln in out.splitlines() if ln.startswith("PEAK")][0].split()
@@ -277,11 +322,15 @@ def main():
     device = g.resolve_device(a.device)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    flags = [f for f in ("avx512_bf16", "amx_bf16") if os.path.exists("/proc/cpuinfo") and f in open("/proc/cpuinfo").read()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu} ({', '.join(flags) or 'no native bf16'})"
+    text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in text.split()]
+    caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu} (flags: {' '.join(flags)}; "
+          f"ATen capability {torch.backends.cpu.get_cpu_capability()}" + (f"; capped by {caps}" if caps else "") + ")"
           + (f", GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     batch = 64 if device.type == "cuda" else 16
-    bench_training(device, batch, rounds=3 if a.quick else 7)
+    choice = default_choice(device, batch)
+    bench_training(device, batch, rounds=3 if a.quick else 7, choice=choice)
     bench_memory(device)
     bench_generation(device, reps=1 if a.quick else 3)
     if device.type == "cuda" and not a.quick:

@@ -10,7 +10,7 @@ DATA = os.path.join(ROOT, "tests", "data")
 # A model small enough to train in seconds on two cores.
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--eval-iters", "2", "--log-interval", "5", "--dtype", "float32", "--dropout", "0", "--optimizer", "adamw",
-        "--qa-eval", "4", "--max-answer-chars", "80"]
+        "--qa-eval", "4", "--qa-chars", "60"]
 
 
 def run(args, cwd, timeout=120, env=None, **kw):

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import gpty2_wiki as g
 from helpers import ROOT, SCRIPT, TINY, run
 
 
@@ -29,7 +30,8 @@ def test_training_writes_every_output(trained):
     d, r = trained
     for name in ("model.pt", "ckpt.pt", "metrics.jsonl", "loss.png", "samples.txt"):
         assert (d / "out" / name).stat().st_size > 0, name
-    assert "parameters" in r.stdout and "step 40: train loss" in r.stdout and "ETA" in r.stdout
+    assert r.stdout.startswith("cpu: precision float32 everywhere (--dtype); optimizer adamw")  # the first line says
+    assert "parameters" in r.stdout and "step 40: train loss" in r.stdout and "ETA" in r.stdout and "recall" in r.stdout
     assert "Traceback" not in r.stderr
 
 
@@ -50,33 +52,75 @@ def test_fresh_process_loads_the_model_safely_and_asks(trained):
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
 
 
-def test_ask_from_the_command_line(trained):
+def test_ask_from_the_command_line_says_whether_the_subject_was_trained_on(trained):
     d, _ = trained
-    r = run(["--ask", "Who is Ada Lovelace?", "--temperature", "0"], cwd=d)
-    assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr
-    r2 = run(["--ask", "Who is Ada Lovelace?", "--temperature", "0"], cwd=d)
+    ck = torch.load(d / "out" / "model.pt", weights_only=True)
+    title = ck["train_titles"][0]
+    r = run(["--ask", f"What is {title}?", "--temperature", "0"], cwd=d)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert r.stdout.rstrip().endswith(f"[among the {len(ck['train_titles']):,} training articles: expect recall]")
+    r2 = run(["--ask", f"What is {title}?", "--temperature", "0"], cwd=d)
     assert r2.stdout == r.stdout  # greedy is deterministic
-    loop = run(["--ask"], cwd=d, input="Who is Ada Lovelace?\nWhat is a cat?\n")
-    assert loop.returncode == 0 and len([line for line in loop.stdout.splitlines() if line.strip()]) >= 2
+    loop = run(["--ask"], cwd=d, input=f"Who is {ck['val_titles'][0]}?\nWhat is a cat?\n")
+    assert loop.returncode == 0 and loop.stdout.count("[not among the") == 2
 
 
-@pytest.mark.parametrize("args, needle", [
+def test_eval_prints_the_table_and_answers_beside_the_truth(trained):
+    d, _ = trained
+    r = run(["--eval"], cwd=d)
+    assert r.returncode == 0, r.stderr
+    for needle in ("recall (train questions, first 40 characters exact)", "val similarity", "val loss on the",
+                   "bits/char"):
+        assert needle in r.stdout, needle
+    assert r.stdout.count("(train article)\nA: ") == 3 and r.stdout.count("(val article)\nA: ") == 3
+    assert r.stdout.count("\nTrue: ") == 6
+
+
+def test_an_older_model_file_without_titles_still_loads_and_asks(trained, tmp_path):
+    d, _ = trained
+    ck = torch.load(d / "out" / "model.pt", weights_only=True)
+    old = {k: ck[k] for k in ("model", "config", "vocab", "iter", "val_loss")}  # what 0.1.0 wrote
+    torch.save(old, tmp_path / "old.pt")
+    r = run(["--ask", "Who is Ada Lovelace?", "--model", "old.pt"], cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() and "training articles" not in r.stdout
+    r = run(["--eval", "--model", "old.pt"], cwd=tmp_path)
+    assert r.returncode == 1 and "no evaluation questions" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+BAD = [
     (["--no-such-flag"], "unrecognized arguments"),
     (["--n-layer", "two"], "invalid int value"),
     (["--dtype", "float8"], "invalid choice"),
+    (["--optimizer", "sgd"], "invalid choice"),
     (["--preset", "huge"], "invalid choice"),
     (["--learning-rate", "-1"], "must be positive"),
+    (["--time-budget", "-1"], "must not be negative"),
     (["--dropout", "1.5"], "must be in [0, 1)"),
+    (["--qa-windows", "2"], "must be in [0, 1]"),
     (["--n-embd", "30", "--n-head", "4"], "must be a multiple"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nonsense"], "device"),
     (["--ask", "Who?", "--out-dir", "missing"], "no checkpoint"),
+    (["--eval", "--out-dir", "missing"], "no checkpoint"),
     (["--data-source", "offline", "--num-articles", "2", "--max-iters", "1", *TINY], "too few"),
-])
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, needle):
-    r = run(args, cwd=tmp_path)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert needle in r.stderr
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = g.main(args)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    for args, needle in (BAD[1], BAD[-3]):  # an argparse error and one of ours
+        r = run(args, cwd=tmp_path)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert needle in r.stderr
 
 
 def test_help_lists_every_constant_with_its_comment(tmp_path):

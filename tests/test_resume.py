@@ -12,7 +12,7 @@ import gpty2_wiki as g
 from helpers import ROOT, SCRIPT, TINY, run
 
 RUN = ["--data-source", "offline", "--num-articles", "200", "--eval-interval", "50", "--checkpoint-interval", "10",
-       "--dropout", "0.1", *[a for a in TINY if a not in ("--dropout", "0")]]
+       *TINY]
 
 
 def start(args, cwd):
@@ -41,7 +41,7 @@ def final_weights(d):
 def test_kill_and_resume_is_bit_exact(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    args = RUN + ["--max-iters", "300"]
+    args = RUN + ["--max-iters", "150", "--dropout", "0.1", "--optimizer", "muon"]  # dropout and Muon's state too
     assert run(args, cwd=a, timeout=300).returncode == 0
     p = start(args, b)
     wait_for_checkpoint(b / "out" / "ckpt.pt", p, 20)
@@ -49,24 +49,31 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     p.wait()
     assert p.returncode == -signal.SIGKILL  # it really died mid-run
     killed_at = torch.load(b / "out" / "ckpt.pt", weights_only=True)["iter"]
-    assert killed_at < 300
+    assert killed_at < 150
     r = run(args + ["--resume"], cwd=b, timeout=300)
     assert r.returncode == 0 and f"resuming from out/ckpt.pt at step {killed_at}" in r.stdout, r.stdout + r.stderr
     ka, kb = final_weights(a), final_weights(b)
-    assert ka["iter"] == kb["iter"] == 300
+    assert ka["iter"] == kb["iter"] == 150 and ka["choice"]["optimizer"] == "muon"
     for name, t in ka["model"].items():
         assert torch.equal(t, kb["model"][name]), name
     assert ka["best_val_loss"] == kb["best_val_loss"]
 
 
+def questions_at_each_evaluation(samples):
+    blocks = samples.split("--- step ")[1:]
+    return [[line for line in b.splitlines() if line.startswith("Q: ")] for b in blocks]
+
+
 def test_resume_refuses_a_changed_shape_and_reports_changed_settings(tmp_path):
-    assert run(RUN + ["--max-iters", "20"], cwd=tmp_path).returncode == 0
+    assert run(RUN + ["--max-iters", "20", "--eval-interval", "10"], cwd=tmp_path).returncode == 0
     r = run(RUN + ["--max-iters", "20", "--n-layer", "3", "--resume"], cwd=tmp_path)
     assert r.returncode == 1 and "cannot resume" in r.stderr and "n_layer: 2 -> 3" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = run(RUN + ["--max-iters", "30", "--learning-rate", "1e-3", "--resume"], cwd=tmp_path)
+    r = run(RUN + ["--max-iters", "30", "--eval-interval", "10", "--learning-rate", "1e-3", "--resume"], cwd=tmp_path)
     assert r.returncode == 0 and "max_iters 20 -> 30" in r.stdout and "learning_rate" in r.stdout
     assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter"] == 30
+    asked = questions_at_each_evaluation((tmp_path / "out" / "samples.txt").read_text())
+    assert len(asked) == 5 and all(q == asked[0] for q in asked)  # steps 0, 10, 20, then 20 and 30 resumed
 
 
 def test_ctrl_c_saves_and_exits_130(tmp_path):
@@ -165,6 +172,8 @@ def test_broken_and_foreign_files_give_one_line_errors(tmp_path):
               "foreign.pt": "not a gpty2_wiki checkpoint", "wrong_shape.pt": "does not fit",
               "other_vocab.pt": "different character vocabulary", "missing.pt": "no checkpoint"}
     for name, needle in expect.items():
-        r = run(["--ask", "Who is Ada?", "--model", name], cwd=tmp_path)
-        assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (name, r.stderr)
+        with pytest.raises(g.UserError, match=needle):
+            g.load_model(str(tmp_path / name))
+    r = run(["--ask", "Who is Ada?", "--model", "truncated.pt"], cwd=tmp_path)  # and in a real process, one line
+    assert r.returncode == 1 and expect["truncated.pt"] in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert run(["--ask", "Who is Ada?", "--model", "good.pt"], cwd=tmp_path).returncode == 0

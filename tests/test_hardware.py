@@ -1,0 +1,93 @@
+"""Choices that depend on the machine are measured on it: precision, Muon or AdamW, the time budget."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gpty2_wiki as g
+from helpers import ROOT, TINY, run
+
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # imitate a CPU without native bf16
+
+
+def test_without_native_bf16_everything_runs_in_float32():
+    code = ("import torch, gpty2_wiki as g\n"
+            "p = g.measure_precision(torch.device('cpu'), g.GPTConfig(n_embd=256, n_head=4, n_layer=4), 4096)\n"
+            "print(p['train'], p['muon'], p['sample']); print(p['why'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT, **AVX2))
+    assert r.returncode == 0, r.stderr
+    dtypes, why = r.stdout.splitlines()
+    assert dtypes == "torch.float32 torch.float32 torch.float32"
+    assert why.startswith("float32: bfloat16 products measured") and "slower here" in why
+
+
+def test_dtype_forces_every_use_and_still_measures_rates():
+    p = g.measure_precision(torch.device("cpu"), g.GPTConfig(n_embd=32, n_head=2, n_layer=1), 256, "float32")
+    assert (p["train"], p["muon"], p["sample"]) == (torch.float32,) * 3 and "(--dtype)" in p["why"]
+    assert p["rates"]["train"] > 0 and p["rates"]["muon"] > 0
+
+
+def test_optimizer_follows_the_measured_cost_of_newton_schulz():
+    config, cfg = g.GPTConfig(n_embd=256, n_head=4, n_layer=4), {"OPTIMIZER": "auto"}
+    fast = dict(rates=dict(train=1e11, muon=1e11))
+    slow = dict(rates=dict(train=1e11, muon=1e9))  # small products 100x slower than the model's
+    assert g.choose_optimizer(cfg, config, fast, 4096, 3_200_000)[0] == "muon"
+    assert g.choose_optimizer(cfg, config, slow, 4096, 3_200_000)[0] == "adamw"
+    assert g.choose_optimizer({"OPTIMIZER": "muon"}, config, slow, 4096, 3_200_000)[0] == "muon"
+
+
+def reference_orthogonalize(G, steps=5):  # one matrix at a time, as Muon's reference code does
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / (G.norm() + 1e-7)
+    X = X.T if G.size(0) > G.size(1) else X
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.size(0) > G.size(1) else X
+
+
+@pytest.mark.parametrize("shape", [(4, 48, 16), (4, 16, 64), (3, 32, 32)])
+def test_batched_newton_schulz_equals_one_matrix_at_a_time(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    batched = g.orthogonalize(G, torch.float32)
+    for i in range(shape[0]):
+        assert torch.allclose(batched[i], reference_orthogonalize(G[i]), atol=1e-5)
+    s = torch.linalg.svdvals(batched[0])
+    assert 0.5 < s.min() and s.max() < 1.5  # roughly semi-orthogonal: every direction learns at one rate
+
+
+def test_muon_updates_each_matrix_as_the_reference_would():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(16, 48)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(48, 16))]
+    ref = [p.detach().clone() for p in ps]
+    opt, bufs = g.Muon(ps, lr=0.02), [torch.zeros_like(p) for p in ps]
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in ps]
+        for p, gr in zip(ps, grads):
+            p.grad = gr.clone()
+        opt.step()
+        for r, buf, gr in zip(ref, bufs, grads):
+            buf.mul_(0.95).add_(gr)
+            r.add_(reference_orthogonalize(gr + 0.95 * buf), alpha=-0.02 * max(1, r.size(0) / r.size(1)) ** 0.5)
+    for p, r in zip(ps, ref):
+        assert torch.allclose(p.detach(), r, atol=1e-5)
+
+
+def test_time_budget_fixes_the_steps_and_resume_keeps_them(tmp_path):
+    args = ["--data-source", "offline", "--num-articles", "200", "--time-budget", "0.1", "--max-iters", "1000",
+            "--eval-interval", "250", *TINY]
+    r = run(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "steps to fit 0.1 minutes" in r.stdout and "time budget 0.1 minutes:" in r.stdout
+    ck = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    plan = ck["plan"]
+    assert ck["iter"] == plan["MAX_ITERS"] > 50 and plan["EVAL_INTERVAL"] == round(250 * plan["MAX_ITERS"] / 1000)
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert rows[-1]["elapsed"] < 1.5 * 6  # seconds: the plan fitted the budget (with room for a busy machine)
+    again = run(args + ["--resume"], cwd=tmp_path)
+    assert again.returncode == 0 and "time budget 0.1 minutes:" not in again.stdout  # no new plan
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter"] == plan["MAX_ITERS"]
