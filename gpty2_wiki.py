@@ -92,7 +92,7 @@ DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda"
 DTYPE = "auto"              # "auto" (measured at start-up: the fastest native one) | "float32" | "bfloat16" | "float16"
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
 SEED = 1337                 # seeds the weights, the batches and the sampling
-OUT_DIR = "out"             # model.pt, ckpt.pt, metrics.jsonl, loss.png, samples.txt
+OUT_DIR = "out"             # model.pt (and model.safetensors, config.json), ckpt.pt, metrics.jsonl, loss.png, samples.txt
 WANDB_LOG = False           # also send the metrics to Weights & Biases (pip install wandb)
 WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 
@@ -1692,10 +1692,32 @@ def save_file(path: str, write, what: str) -> bool:
 
 def save_model(path: str, model: GPTLanguageModel, it: int, val_loss: float, meta: dict | None = None) -> bool:
     """model.pt: the weights, the shape, the vocabulary, and what the model read and scored (meta:
-    train_titles, val_titles, qa_eval sets, recall, val_similarity; all plain data)."""
-    obj = dict(meta or {}, model=model.state_dict(), config=asdict(model.config), vocab=VOCAB, iter=it,
-               val_loss=val_loss, version=__version__)
-    return save_file(path, lambda f: torch.save(obj, f), "model")
+    train_titles, val_titles, qa_eval sets, recall, val_similarity; all plain data). Beside it the
+    same as a pair that needs no pickle: model.safetensors (weights only) and config.json (the rest)."""
+    info = dict(config=asdict(model.config), vocab=VOCAB, iter=it, val_loss=val_loss, version=__version__)
+    info.update({k: v for k, v in (meta or {}).items() if k not in info})
+    saved = save_file(path, lambda f: torch.save(dict(info, model=model.state_dict()), f), "model")
+    save_safetensors(path, model, info)
+    return saved
+
+
+def save_safetensors(path: str, model: GPTLanguageModel, info: dict) -> None:
+    """model.safetensors and config.json beside model.pt, the Hugging Face convention: weights in a
+    format that cannot carry code. The weights go first, so config.json is never newer than them.
+    safetensors is optional: without it, one notice a run."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        if not getattr(save_safetensors, "warned", False):
+            log("note: pip install safetensors to also get model.safetensors (weights that cannot carry code)")
+            save_safetensors.warned = True
+        return
+    # Copies: safetensors refuses tensors that share memory, as lm_head does under TIE_EMBEDDINGS.
+    data = save({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, {"format": "pt"})
+    folder = os.path.dirname(path)
+    if save_file(os.path.splitext(path)[0] + ".safetensors", lambda f: f.write(data), "model"):
+        text = json.dumps(info, indent=1).encode()
+        save_file(os.path.join(folder, "config.json"), lambda f: f.write(text), "model config")
 
 
 def rng_state(batch_gen: torch.Generator) -> dict:
@@ -1730,19 +1752,12 @@ def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, batch_gen, 
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:
-    """A checkpoint or model file, loaded safely (weights_only=True: no code in it can run), or a
-    UserError that says in one line what is wrong with it."""
-    import pickle
+    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it),
+    loaded safely (weights_only=True: no code in it can run), or a UserError that says in one line
+    what is wrong with it."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train a model first (python gpty2_wiki.py --preset cpu)")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
-        raise UserError(f"refusing to load {path}: {why}") from None
-    except Exception as e:  # truncated, not a zip, not a torch file at all
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
-                        f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    ck = read_safetensors(path) if path.endswith(".safetensors") else read_torch(path, device)
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("config"), dict):
         raise UserError(f"{path} is not a gpty2_wiki checkpoint")
     if ck.get("vocab") != VOCAB:
@@ -1750,18 +1765,52 @@ def load_checkpoint(path: str, device="cpu") -> dict:
     return ck
 
 
+def read_torch(path: str, device):
+    """torch.load with weights_only=True: a file that holds anything but tensors and plain data is refused."""
+    import pickle
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
+        raise UserError(f"refusing to load {path}: {why}") from None
+    except Exception as e:  # truncated, not a zip, not a torch file at all
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {first_line(e)})") from None
+
+
+def read_safetensors(path: str):
+    """model.safetensors and the config.json beside it -> what model.pt holds, with no pickle at all."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+    config = os.path.join(os.path.dirname(path), "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"no config.json beside {path}: it holds the model's shape (saved with model.safetensors)")
+    try:
+        with open(config, encoding="utf-8") as f:
+            ck = json.load(f)
+        return dict(ck, model=load_file(path)) if isinstance(ck, dict) else ck
+    except Exception as e:  # truncated, not JSON, not safetensors
+        raise UserError(f"{path} and its config.json are not a readable pair ({first_line(e)})") from None
+
+
+def first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+
+
 def model_from_checkpoint(ck: dict, path: str) -> GPTLanguageModel:
     try:
         model = GPTLanguageModel(GPTConfig(**ck["config"]))
         model.load_state_dict(ck["model"])
     except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path} does not fit this version's model ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path} does not fit this version's model ({first_line(e)})") from None
     return model
 
 
 def load_model(path: str = os.path.join(OUT_DIR, "model.pt"), device: str = "cpu") -> GPTLanguageModel:
-    """The trained model from model.pt (or ckpt.pt), in eval mode, ready for ask(). model.meta holds
-    the rest of the file: iter, val_loss and, from newer files, train_titles, qa_eval and recall."""
+    """The trained model from model.pt, model.safetensors (with its config.json) or ckpt.pt, in eval
+    mode, ready for ask(). model.meta holds the rest of the file: iter, val_loss and, from newer
+    files, train_titles, qa_eval and recall."""
     ck = load_checkpoint(path, device)
     model = model_from_checkpoint(ck, path).to(device).eval()
     model.meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}
@@ -1902,7 +1951,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{k}: " + " ".join(f"{n.lower().replace('_', '-')}={v}" for n, v in d.items()) for k, d in PRESETS.items()))
     p.add_argument("--ask", nargs="?", const="", metavar="QUESTION",
                    help="answer QUESTION with OUT_DIR/model.pt; without QUESTION, a prompt (Ctrl-D leaves)")
-    p.add_argument("--model", metavar="PATH", help="model file for --ask and --eval (default OUT_DIR/model.pt)")
+    p.add_argument("--model", metavar="PATH", help="model file for --ask and --eval: model.pt, or "
+                   "model.safetensors with its config.json (default OUT_DIR/model.pt)")
     p.add_argument("--eval", action="store_true", help="score OUT_DIR/model.pt (or --model): recall, val similarity, val loss")
     p.add_argument("--fetch-only", action="store_true", help="build the article cache, then exit")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
@@ -2011,10 +2061,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = make_config(args)
+        model_path = getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt")
         if getattr(args, "eval", False):
-            eval_model(cfg, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+            eval_model(cfg, model_path)
         elif getattr(args, "ask", None) is not None:
-            ask_loop(cfg, args.ask, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+            ask_loop(cfg, args.ask, model_path)
         elif getattr(args, "fetch_only", False):
             records = build_corpus(cfg, cfg["NUM_ARTICLES"])
             log(f"corpus: {len(records)} articles")
