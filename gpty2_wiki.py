@@ -93,7 +93,7 @@ DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda"
 DTYPE = "auto"              # "auto" (measured at start-up: the fastest native one) | "float32" | "bfloat16" | "float16"
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
 SEED = 1337                 # seeds the weights, the batches and the sampling
-OUT_DIR = "out"             # model.pt (and model.safetensors, config.json), ckpt.pt, metrics.jsonl, loss.png, samples.txt
+OUT_DIR = "out"             # model.pt (+ .safetensors, config.json), ckpt.pt, metrics.jsonl, loss.png, samples.txt
 WANDB_LOG = False           # also send the metrics to Weights & Biases (pip install wandb)
 WANDB_PROJECT = "gpty2_wiki"  # W&B project name
 HOST = "127.0.0.1"          # --serve listens here; another address (0.0.0.0) lets other machines ask
@@ -1777,7 +1777,8 @@ def read_torch(path: str, device):
         why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
         raise UserError(f"refusing to load {path}: {why}") from None
     except Exception as e:  # truncated, not a zip, not a torch file at all
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {first_line(e)})") from None
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
+                        f"{first_line(e)})") from None
 
 
 def read_safetensors(path: str):
@@ -1941,17 +1942,18 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>gpty2_wiki
 body{font:16px/1.5 system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}h1{margin:0}
 form{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin:1rem 0}#q{flex:1 1 100%;font:inherit;padding:.5rem}
 label{font-size:.8rem;color:#555}label input{display:block;width:5.5rem}button{font:inherit;padding:.3rem 1.2rem}
-#answer{white-space:pre-wrap;overflow-wrap:anywhere;min-height:5rem;padding:.8rem 1rem;background:#f4f4f0;border-radius:6px}
-#card,#seen,#status,footer{font-size:.85rem;color:#666}footer{margin-top:2rem}</style>
+#answer{white-space:pre-wrap;overflow-wrap:anywhere;min-height:5rem;padding:.8rem 1rem;background:#f4f4f0;
+border-radius:6px}#card,#seen,#status,footer{font-size:.85rem;color:#666}footer{margin-top:2rem}</style>
 <h1>gpty2_wiki</h1><div id="card">loading the model card...</div>
 <form id="ask"><input id="q" maxlength="300" placeholder="Who is Ada Lovelace?" autofocus required>
 <label>temperature<input id="temperature" type="number" min="0" max="2" step="0.1"></label>
 <label>top-k (0 = all)<input id="top_k" type="number" min="0" max="96"></label>
 <label>length<input id="max_chars" type="number" min="1" max="1000"></label><button>Ask</button></form>
 <div id="answer"></div><div id="seen"></div><div id="status"></div>
-<footer>A small character-level GPT trained on questions and answers made from <a href="https://en.wikipedia.org/">
-Wikipedia</a> articles, whose text is by its contributors under <a href="https://creativecommons.org/licenses/by-sa/4.0/">
-CC BY-SA 4.0</a>. It writes like an encyclopaedia; it does not know facts.</footer>
+<footer>A small character-level GPT trained on questions and answers made from
+<a href="https://en.wikipedia.org/">Wikipedia</a> articles, whose text is by its contributors under
+<a href="https://creativecommons.org/licenses/by-sa/4.0/">CC BY-SA 4.0</a>. It writes like an encyclopaedia;
+it does not know facts.</footer>
 <script>
 const $ = id => document.getElementById(id);
 let asking = null;
@@ -2051,7 +2053,8 @@ class LiveModel:
         c, titles = m.config, m.meta.get("train_titles")
         return dict(file=os.path.basename(self.path), parameters=m.num_params(), step=m.meta.get("iter"),
                     shape=f"{c.n_layer} layers x {c.n_embd}, block {c.block_size}", val_loss=m.meta.get("val_loss"),
-                    recall=m.meta.get("recall"), articles=None if titles is None else len(titles), defaults=self.defaults)
+                    recall=m.meta.get("recall"), articles=None if titles is None else len(titles),
+                    defaults=self.defaults)
 
     def answer(self, question: str, settings: dict, send) -> None:
         """Stream one answer through send(event), after the answer in progress if any. A send that
