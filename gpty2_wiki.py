@@ -2025,7 +2025,8 @@ class LiveModel:
 
     def __init__(self, cfg: dict, path: str):
         import threading
-        self.path, self.turn, self.loading, self.last = path, threading.Lock(), threading.Lock(), None
+        self.path, self.last, self.closing = path, None, False
+        self.turn, self.loading = threading.Lock(), threading.Lock()  # answers take turns; one reload at a time
         self.files = [path] + [os.path.join(os.path.dirname(path), "config.json")] * path.endswith(".safetensors")
         self.stamp = self.stat() if all(map(os.path.isfile, self.files)) else None  # else sampling_setup says why
         self.model, self.device, self.autocast = sampling_setup(cfg, path)
@@ -2062,22 +2063,33 @@ class LiveModel:
         if not self.turn.acquire(blocking=False):
             send(dict(queued=True))
             self.turn.acquire()
-        t0, first, n, stopped = time.time(), None, 0, False
+        t0, first, n, stopped = time.time(), None, 0, None
         try:
             model = self.refresh()
             send(dict(step=model.meta.get("iter"), seen=seen_in_training(model, question)))
             for piece in answer_stream(model, question, settings["temperature"], settings["top_k"],
                                        settings["max_chars"], self.generator, self.autocast):
+                if self.closing:
+                    stopped = "the server is stopping"
+                    break
                 first, n = first or time.time() - t0, n + len(piece)
                 send(dict(text=piece))
-            send(dict(done=True, chars=n, seconds=round(time.time() - t0, 3)))
-        except ConnectionError:  # broken pipe, reset: the page is gone
-            stopped = True
+            else:
+                send(dict(done=True, chars=n, seconds=round(time.time() - t0, 3)))
+        except ConnectionError:  # broken pipe, reset
+            stopped = "the page was closed"
         finally:
+            self.last = dict(question=question, chars=n, seconds=time.time() - t0, first=first, stopped=stopped)
+            log(f"answered {question[:60]!r}: {n} characters in {self.last['seconds']:.2f} s, "
+                + (f"stopped: {stopped}" if stopped else f"the first after {first or 0:.3f} s"))
             self.turn.release()
-        self.last = dict(question=question, chars=n, seconds=time.time() - t0, first=first, stopped=stopped)
-        log(f"answered {question[:60]!r}: {n} characters in {self.last['seconds']:.2f} s"
-            + (" (page closed: stopped)" if stopped else f", the first after {first or 0:.3f} s"))
+
+    def close(self) -> None:
+        """Ctrl-C: stop the answer in progress at its next character and start no other, nor a reload.
+        A thread still inside PyTorch when the process exits would abort it."""
+        self.closing = True
+        self.turn.acquire(timeout=60)
+        self.loading.acquire(timeout=60)
 
 
 def make_server(cfg: dict, model_path: str):
@@ -2156,6 +2168,7 @@ def serve(cfg: dict, model_path: str) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        server.live.close()
         log("stopped serving")
     finally:
         server.server_close()

@@ -141,12 +141,12 @@ def test_a_closed_page_stops_its_generation(server):
         events = ask(server, "Where is Paris?", until=lambda e: True, max_chars=1000)
     assert events == [dict(queued=True)]
     poll(lambda: server.live.last)
-    assert server.live.last["stopped"] and server.live.last["chars"] < 1000
+    assert server.live.last["stopped"] == "the page was closed" and server.live.last["chars"] < 1000
     # A page closed after its first characters.
     server.live.last = None
     ask(server, "What is an atom?", until=lambda e: "text" in e, max_chars=1000)
     poll(lambda: server.live.last)
-    assert server.live.last["stopped"] and server.live.last["chars"] < 1000
+    assert server.live.last["stopped"] == "the page was closed" and server.live.last["chars"] < 1000
     assert ask(server, "Where is Paris?", max_chars=20)[-1]["chars"] == 20  # and the next page is answered
 
 
@@ -216,7 +216,7 @@ def test_the_newest_model_answers_while_a_run_writes_it(tmp_path, name):
         server.server_close()
 
 
-def test_serve_from_the_command_line_and_ctrl_c(tmp_path):
+def test_serve_from_the_command_line_and_ctrl_c_mid_answer(tmp_path):
     g.save_model(str(tmp_path / "model.pt"), tiny_model(), 3, 2.0, META)
     (tmp_path / "model.pt").unlink()  # the safetensors pair alone
     proc = subprocess.Popen([sys.executable, SCRIPT, "--serve", "--model", "model.safetensors", "--dtype", "float32"],
@@ -227,13 +227,17 @@ def test_serve_from_the_command_line_and_ctrl_c(tmp_path):
         assert line.startswith("serving model.safetensors (step 3) at http://127.0.0.1:"), line + proc.stderr.read()
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/api/ask?q=Who+is+Ada+Lovelace%3F&max_chars=10")
-        assert b'"done": true' in conn.getresponse().read()
-        proc.send_signal(signal.SIGINT)
+        conn.request("GET", "/api/ask?q=Who+is+Ada+Lovelace%3F&max_chars=1000")
+        stream = conn.getresponse()
+        while b'"text"' not in stream.readline():  # an answer is being written...
+            pass
+        proc.send_signal(signal.SIGINT)  # ...when Ctrl-C comes
+        rest = stream.read()
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0 and err == "" and out.splitlines()[-1] == "stopped serving", out + err
+    assert proc.returncode == 0 and err == "" and b'"done"' not in rest, out + err
+    assert out.splitlines()[-1] == "stopped serving" and "stopped: the server is stopping" in out, out
 
 
 def chromium():
