@@ -2101,6 +2101,8 @@ def make_server(cfg: dict, model_path: str):
     live = LiveModel(cfg, model_path)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # seconds a connection may stay silent: a client that never sends its request is let go
+
         def do_GET(self):
             url = urlsplit(self.path)
             if url.path == "/":
