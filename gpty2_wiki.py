@@ -6,6 +6,7 @@ and train a character-level GPT (nanoGPT-style) on that Q&A text. One file, read
     python gpty2_wiki.py --preset cpu                  # ~10 minutes on a laptop CPU
     python gpty2_wiki.py                               # the full model (wants a GPU)
     python gpty2_wiki.py --ask "Who is Ada Lovelace?"  # answer with out/model.pt
+    python gpty2_wiki.py --serve                       # ask it in a browser, answers streamed
     python gpty2_wiki.py --fetch-only                  # only build data/articles.jsonl
     python gpty2_wiki.py --resume                      # continue from out/ckpt.pt
     torchrun --standalone --nproc_per_node=8 gpty2_wiki.py   # data parallel
@@ -94,9 +95,11 @@ DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda"
 DTYPE = "auto"              # "auto" (measured at start-up: the fastest native one) | "float32" | "bfloat16" | "float16"
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
 SEED = 1337                 # seeds the weights, the batches and the sampling
-OUT_DIR = "out"             # model.pt, ckpt.pt, metrics.jsonl, loss.png, samples.txt
+OUT_DIR = "out"             # model.pt (+ .safetensors, config.json), ckpt.pt, metrics.jsonl, loss.png, samples.txt
 WANDB_LOG = False           # also send the metrics to Weights & Biases (pip install wandb)
 WANDB_PROJECT = "gpty2_wiki"  # W&B project name
+HOST = "127.0.0.1"          # --serve listens here; another address (0.0.0.0) lets other machines ask
+PORT = 0                    # --serve's port, 0 = a free one (the address is printed)
 
 PRESETS = {
     # ~10 minutes on a 2-core laptop CPU; still writes recognisable Q&A.
@@ -1721,10 +1724,32 @@ def save_file(path: str, write, what: str) -> bool:
 
 def save_model(path: str, model: GPTLanguageModel, it: int, val_loss: float, meta: dict | None = None) -> bool:
     """model.pt: the weights, the shape, the vocabulary, and what the model read and scored (meta:
-    train_titles, val_titles, qa_eval sets, recall, val_similarity; all plain data)."""
-    obj = dict(meta or {}, model=model.state_dict(), config=asdict(model.config), vocab=VOCAB, iter=it,
-               val_loss=val_loss, version=__version__)
-    return save_file(path, lambda f: torch.save(obj, f), "model")
+    train_titles, val_titles, qa_eval sets, recall, val_similarity; all plain data). Beside it the
+    same as a pair that needs no pickle: model.safetensors (weights only) and config.json (the rest)."""
+    info = dict(config=asdict(model.config), vocab=VOCAB, iter=it, val_loss=val_loss, version=__version__)
+    info.update({k: v for k, v in (meta or {}).items() if k not in info})
+    saved = save_file(path, lambda f: torch.save(dict(info, model=model.state_dict()), f), "model")
+    save_safetensors(path, model, info)
+    return saved
+
+
+def save_safetensors(path: str, model: GPTLanguageModel, info: dict) -> None:
+    """model.safetensors and config.json beside model.pt, the Hugging Face convention: weights in a
+    format that cannot carry code. The weights go first, so config.json is never newer than them.
+    safetensors is optional: without it, one notice a run."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        if not getattr(save_safetensors, "warned", False):
+            log("note: pip install safetensors to also get model.safetensors (weights that cannot carry code)")
+            save_safetensors.warned = True
+        return
+    # Copies: safetensors refuses tensors that share memory, as lm_head does under TIE_EMBEDDINGS.
+    data = save({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, {"format": "pt"})
+    folder = os.path.dirname(path)
+    if save_file(os.path.splitext(path)[0] + ".safetensors", lambda f: f.write(data), "model"):
+        text = json.dumps(info, indent=1).encode()
+        save_file(os.path.join(folder, "config.json"), lambda f: f.write(text), "model config")
 
 
 def rng_state(batch_gen: torch.Generator) -> dict:
@@ -1759,19 +1784,12 @@ def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, batch_gen, 
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:
-    """A checkpoint or model file, loaded safely (weights_only=True: no code in it can run), or a
-    UserError that says in one line what is wrong with it."""
-    import pickle
+    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it),
+    loaded safely (weights_only=True: no code in it can run), or a UserError that says in one line
+    what is wrong with it."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train a model first (python gpty2_wiki.py --preset cpu)")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
-        raise UserError(f"refusing to load {path}: {why}") from None
-    except Exception as e:  # truncated, not a zip, not a torch file at all
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
-                        f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    ck = read_safetensors(path) if path.endswith(".safetensors") else read_torch(path, device)
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("config"), dict):
         raise UserError(f"{path} is not a gpty2_wiki checkpoint")
     if ck.get("vocab") != VOCAB:
@@ -1779,18 +1797,53 @@ def load_checkpoint(path: str, device="cpu") -> dict:
     return ck
 
 
+def read_torch(path: str, device):
+    """torch.load with weights_only=True: a file that holds anything but tensors and plain data is refused."""
+    import pickle
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = "it holds objects other than tensors and plain data" if "Weights only load failed" in str(e) else "corrupt"
+        raise UserError(f"refusing to load {path}: {why}") from None
+    except Exception as e:  # truncated, not a zip, not a torch file at all
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: "
+                        f"{first_line(e)})") from None
+
+
+def read_safetensors(path: str):
+    """model.safetensors and the config.json beside it -> what model.pt holds, with no pickle at all."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+    config = os.path.join(os.path.dirname(path), "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"no config.json beside {path}: it holds the model's shape (saved with model.safetensors)")
+    try:
+        with open(config, encoding="utf-8") as f:
+            ck = json.load(f)
+        return dict(ck, model=load_file(path)) if isinstance(ck, dict) else ck
+    except Exception as e:  # truncated, not JSON, not safetensors
+        raise UserError(f"{path} and its config.json are not a readable pair ({first_line(e)})") from None
+
+
+def first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+
+
 def model_from_checkpoint(ck: dict, path: str) -> GPTLanguageModel:
     try:
         model = GPTLanguageModel(GPTConfig(**ck["config"]))
         model.load_state_dict(ck["model"])
     except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path} does not fit this version's model ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path} does not fit this version's model ({first_line(e)})") from None
     return model
 
 
 def load_model(path: str = os.path.join(OUT_DIR, "model.pt"), device: str = "cpu") -> GPTLanguageModel:
-    """The trained model from model.pt (or ckpt.pt), in eval mode, ready for ask(). model.meta holds
-    the rest of the file: iter, val_loss and, from newer files, train_titles, qa_eval and recall."""
+    """The trained model from model.pt, model.safetensors (with its config.json) or ckpt.pt, in eval
+    mode, ready for ask(). model.meta holds the rest of the file: iter, val_loss and, from newer
+    files, train_titles, qa_eval and recall."""
     ck = load_checkpoint(path, device)
     model = model_from_checkpoint(ck, path).to(device).eval()
     model.meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}
@@ -1911,6 +1964,248 @@ def acquire_lock(out_dir: str):
 
 
 # -----------------------------------------------------------------------------
+# Serve: one web page to ask the model, its answer streamed (Server-Sent Events) as it is written
+
+PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>gpty2_wiki</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>
+body{font:16px/1.5 system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}h1{margin:0}
+form{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin:1rem 0}#q{flex:1 1 100%;font:inherit;padding:.5rem}
+label{font-size:.8rem;color:#555}label input{display:block;width:5.5rem}button{font:inherit;padding:.3rem 1.2rem}
+#answer{white-space:pre-wrap;overflow-wrap:anywhere;min-height:5rem;padding:.8rem 1rem;background:#f4f4f0;
+border-radius:6px}#card,#seen,#status,footer{font-size:.85rem;color:#666}footer{margin-top:2rem}</style>
+<h1>gpty2_wiki</h1><div id="card">loading the model card...</div>
+<form id="ask"><input id="q" maxlength="300" placeholder="Who is Ada Lovelace?" autofocus required>
+<label>temperature<input id="temperature" type="number" min="0" max="2" step="0.1"></label>
+<label>top-k (0 = all)<input id="top_k" type="number" min="0" max="96"></label>
+<label>length<input id="max_chars" type="number" min="1" max="1000"></label><button>Ask</button></form>
+<div id="answer"></div><div id="seen"></div><div id="status"></div>
+<footer>A small character-level GPT trained on questions and answers made from
+<a href="https://en.wikipedia.org/">Wikipedia</a> articles, whose text is by its contributors under
+<a href="https://creativecommons.org/licenses/by-sa/4.0/">CC BY-SA 4.0</a>. It writes like an encyclopaedia;
+it does not know facts.</footer>
+<script>
+const $ = id => document.getElementById(id);
+let asking = null;
+async function card(first) {  // the model answering now: a run may have saved a newer one
+  const c = await (await fetch("/api/card")).json();
+  $("card").textContent = `${c.file}: ${(c.parameters / 1e6).toFixed(2)}M parameters (${c.shape}), step ${c.step}` +
+    (c.val_loss == null ? "" : `, val loss ${c.val_loss.toFixed(3)} nats/char`) +
+    (c.recall == null ? "" : `, recall ${Math.round(100 * c.recall)}%`) +
+    (c.articles == null ? "" : `, ${c.articles.toLocaleString("en")} training articles`);
+  if (first) for (const k in c.defaults) $(k).value = c.defaults[k];
+}
+function show(e) {
+  if (e.queued) $("status").textContent = "waiting: another answer is being written";
+  if ("step" in e) $("status").textContent = `writing, with the model of step ${e.step}...`;
+  if ("seen" in e && e.seen != null) $("seen").textContent = e.seen ?
+    "Its subject is among the training articles: the answer may be recalled." :
+    "Its subject is not among the training articles: the answer is invented.";
+  if (e.text) $("answer").textContent += e.text;
+  if (e.done) $("status").textContent = `${e.chars} characters in ${e.seconds} s`;
+}
+$("ask").onsubmit = async ev => {
+  ev.preventDefault();
+  if (asking) asking.abort();  // a new question stops the answer in progress, on the server too
+  const mine = asking = new AbortController(), q = new URLSearchParams({q: $("q").value});
+  for (const k of ["temperature", "top_k", "max_chars"]) q.set(k, $(k).value);
+  $("answer").textContent = $("seen").textContent = "";
+  $("status").textContent = "asking...";
+  try {
+    const r = await fetch("/api/ask?" + q, {signal: mine.signal});
+    if (!r.ok) return $("status").textContent = await r.text();
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    for (let buf = "", part; !(part = await reader.read()).done; ) {
+      const events = (buf += part.value).split("\\n\\n");
+      buf = events.pop();
+      events.forEach(e => show(JSON.parse(e.slice(6))));  // "data: {...}"
+    }
+  } catch (e) { if (e.name != "AbortError") $("status").textContent = "connection lost: " + e.message; }
+};
+card(true);
+setInterval(card, 10000);  // watch a run's step go up
+</script>
+"""
+ASK_LIMITS = dict(temperature=(0.0, 2.0), top_k=(0, len(VOCAB)), max_chars=(1, 1000))  # what /api/ask accepts
+MAX_QUESTION = 300  # characters
+
+
+def parse_ask(query: str, defaults: dict) -> tuple[str, dict]:
+    """/api/ask's query string -> (question, settings); a ValueError's one line is the 400's body."""
+    from urllib.parse import parse_qs
+    args = {k: v[-1] for k, v in parse_qs(query).items()}
+    question = " ".join(args.get("q", "").split())
+    if not question or len(question) > MAX_QUESTION:
+        raise ValueError(f"the question must have 1 to {MAX_QUESTION} characters, not {len(question)}: /api/ask?q=...")
+    settings = {}
+    for name, (lo, hi) in ASK_LIMITS.items():
+        try:
+            settings[name] = type(lo)(args.get(name, defaults[name]))
+        except ValueError:
+            raise ValueError(f"{name} must be a number ({type(lo).__name__}), not {args[name][:20]!r}") from None
+        if not lo <= settings[name] <= hi:  # NaN fails this too
+            raise ValueError(f"{name} must be in [{lo}, {hi}], not {settings[name]}")
+    return question, settings
+
+
+class LiveModel:
+    """The model in a file a run may still be rewriting: reloaded when the file changes (it is always
+    replaced whole, see atomic_write, so a reload never reads half of one). One model, one answer at
+    a time: answers take turns, so two pages never get interleaved characters."""
+
+    def __init__(self, cfg: dict, path: str):
+        import threading
+        self.path, self.last, self.closing = path, None, False
+        self.turn, self.loading = threading.Lock(), threading.Lock()  # answers take turns; one reload at a time
+        self.files = [path] + [os.path.join(os.path.dirname(path), "config.json")] * path.endswith(".safetensors")
+        self.stamp = self.stat() if all(map(os.path.isfile, self.files)) else None  # else sampling_setup says why
+        self.model, self.device, self.autocast = sampling_setup(cfg, path)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg["SEED"])
+        given = dict(temperature=cfg["TEMPERATURE"], top_k=cfg["TOP_K"], max_chars=cfg["MAX_ANSWER_CHARS"])
+        self.defaults = {k: min(max(v, ASK_LIMITS[k][0]), ASK_LIMITS[k][1]) for k, v in given.items()}
+
+    def stat(self) -> list:
+        return [(s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self.files)]  # a replace is a new inode
+
+    def refresh(self) -> GPTLanguageModel:
+        """The newest model: reloaded if a run has replaced its file since; the old one if that fails."""
+        with self.loading:
+            try:
+                if self.stamp != (stamp := self.stat()):
+                    self.stamp = stamp  # first: a file that fails to load is not tried again until it changes
+                    self.model = load_model(self.path, self.device)
+                    log(f"reloaded {self.path}: step {self.model.meta.get('iter')}")
+            except (OSError, UserError) as e:
+                log(f"warning: still answering with step {self.model.meta.get('iter')}: {e}")
+            return self.model
+
+    def card(self) -> dict:
+        m = self.refresh()
+        c, titles = m.config, m.meta.get("train_titles")
+        return dict(file=os.path.basename(self.path), parameters=m.num_params(), step=m.meta.get("iter"),
+                    shape=f"{c.n_layer} layers x {c.n_embd}, block {c.block_size}", val_loss=m.meta.get("val_loss"),
+                    recall=m.meta.get("recall"), articles=None if titles is None else len(titles),
+                    defaults=self.defaults)
+
+    def answer(self, question: str, settings: dict, send) -> None:
+        """Stream one answer through send(event), after the answer in progress if any. A send that
+        fails (the page was closed) ends the generation: nobody is reading it any more."""
+        if not self.turn.acquire(blocking=False):
+            send(dict(queued=True))
+            self.turn.acquire()
+        t0, first, n, stopped = time.time(), None, 0, None
+        try:
+            model = self.refresh()
+            send(dict(step=model.meta.get("iter"), seen=seen_in_training(model, question)))
+            for piece in answer_stream(model, question, settings["temperature"], settings["top_k"],
+                                       settings["max_chars"], self.generator, self.autocast):
+                if self.closing:
+                    stopped = "the server is stopping"
+                    break
+                first, n = first or time.time() - t0, n + len(piece)
+                send(dict(text=piece))
+            else:
+                send(dict(done=True, chars=n, seconds=round(time.time() - t0, 3)))
+        except ConnectionError:  # broken pipe, reset
+            stopped = "the page was closed"
+        finally:
+            self.last = dict(question=question, chars=n, seconds=time.time() - t0, first=first, stopped=stopped)
+            log(f"answered {question[:60]!r}: {n} characters in {self.last['seconds']:.2f} s, "
+                + (f"stopped: {stopped}" if stopped else f"the first after {first or 0:.3f} s"))
+            self.turn.release()
+
+    def close(self) -> None:
+        """Ctrl-C: stop the answer in progress at its next character and start no other, nor a reload.
+        A thread still inside PyTorch when the process exits would abort it."""
+        self.closing = True
+        self.turn.acquire(timeout=60)
+        self.loading.acquire(timeout=60)
+
+
+def make_server(cfg: dict, model_path: str):
+    """An HTTP server on HOST:PORT (0: a free one, in server.server_address) with PAGE, /api/card and
+    /api/ask, and nothing else: no request reads a file. The caller runs serve_forever(). The standard
+    library's threading server is enough: a thread per connection, and answers take turns anyway."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+    live = LiveModel(cfg, model_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # seconds a connection may stay silent: a client that never sends its request is let go
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            if url.path == "/":
+                return self.reply(200, PAGE, "text/html; charset=utf-8")
+            if url.path == "/api/card":
+                return self.reply(200, json.dumps(live.card()), "application/json")
+            if url.path != "/api/ask":
+                return self.reply(404, f"not found: {url.path[:60]} (this server has /, /api/card and /api/ask)")
+            try:
+                question, settings = parse_ask(url.query, live.defaults)
+            except ValueError as e:
+                return self.reply(400, str(e))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            live.answer(question, settings, lambda event: self.wfile.write(f"data: {json.dumps(event)}\n\n".encode()))
+
+        def reply(self, code: int, text: str, kind: str = "text/plain; charset=utf-8"):
+            body = (text + "\n" * kind.startswith("text/plain")).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        # http.server's own errors (a bad request line, an unknown method) are one plain line too
+        error_message_format, error_content_type = "%(message)s\n", "text/plain; charset=utf-8"
+
+        def do_POST(self):
+            self.reply(405, f"{self.command} not allowed: this server only answers GET")
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+        def handle(self):
+            try:
+                super().handle()
+            except ConnectionError:  # a page closed while it was being sent
+                pass
+
+        def log_message(self, format, *args):  # no line per request: LiveModel logs one per answer
+            pass
+
+    class Server(ThreadingHTTPServer):
+        allow_reuse_port = False  # a busy port must fail, not be shared (some Python versions turn it on)
+
+    try:
+        server = Server((cfg["HOST"], cfg["PORT"]), Handler)
+    except OSError as e:
+        raise UserError(f"cannot serve on {cfg['HOST']}:{cfg['PORT']} ({e.strerror or e})") from None
+    server.live = live
+    return server
+
+
+def serve(cfg: dict, model_path: str) -> None:
+    """--serve: the page at http://HOST:PORT/ until Ctrl-C."""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it, even if started ignoring SIGINT
+    server = make_server(cfg, model_path)
+    if server.live.device.type == "cpu":  # one position at a time: with a run training beside, a second thread
+        torch.set_num_threads(1)          # stalled answers 100x (measured: 6 characters/s, against 590 with one)
+    host, port = server.server_address[:2]
+    log(f"serving {model_path} (step {server.live.model.meta.get('iter')}) at http://{host}:{port}/ (Ctrl-C stops)")
+    if not host.startswith("127."):
+        log(f"note: listening on {host}: anyone who can reach this machine can ask the model")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.live.close()
+        log("stopped serving")
+    finally:
+        server.server_close()
+
+
+# -----------------------------------------------------------------------------
 # Command line: every constant above is a --flag
 
 def config_defaults() -> dict:
@@ -1931,8 +2226,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{k}: " + " ".join(f"{n.lower().replace('_', '-')}={v}" for n, v in d.items()) for k, d in PRESETS.items()))
     p.add_argument("--ask", nargs="?", const="", metavar="QUESTION",
                    help="answer QUESTION with OUT_DIR/model.pt; without QUESTION, a prompt (Ctrl-D leaves)")
-    p.add_argument("--model", metavar="PATH", help="model file for --ask and --eval (default OUT_DIR/model.pt)")
+    p.add_argument("--model", metavar="PATH", help="model file for --ask, --eval and --serve: model.pt, or "
+                   "model.safetensors with its config.json (default OUT_DIR/model.pt)")
     p.add_argument("--eval", action="store_true", help="score OUT_DIR/model.pt (or --model): recall, val similarity, val loss")
+    p.add_argument("--serve", action="store_true", help="a web page at HOST:PORT to ask OUT_DIR/model.pt (or --model), "
+                   "answers streamed; the newest model while a run writes it")
     p.add_argument("--fetch-only", action="store_true", help="build the article cache, then exit")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/ckpt.pt")
     with open(__file__, encoding="utf-8") as f:  # each constant's comment is its flag's help
@@ -1971,6 +2269,8 @@ def make_config(args: argparse.Namespace) -> dict:
         raise UserError(f"--qa-windows must be in [0, 1], not {cfg['QA_WINDOWS']}")
     if cfg["N_EMBD"] % cfg["N_HEAD"]:
         raise UserError(f"--n-embd {cfg['N_EMBD']} must be a multiple of --n-head {cfg['N_HEAD']}")
+    if not 0 <= cfg["PORT"] <= 65535:
+        raise UserError(f"--port must be in [0, 65535] (0 = a free one), not {cfg['PORT']}")
     return cfg
 
 
@@ -2042,10 +2342,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = make_config(args)
+        model_path = getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt")
         if getattr(args, "eval", False):
-            eval_model(cfg, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+            eval_model(cfg, model_path)
         elif getattr(args, "ask", None) is not None:
-            ask_loop(cfg, args.ask, getattr(args, "model", None) or os.path.join(cfg["OUT_DIR"], "model.pt"))
+            ask_loop(cfg, args.ask, model_path)
+        elif getattr(args, "serve", False):
+            serve(cfg, model_path)
         elif getattr(args, "fetch_only", False):
             records = build_corpus(cfg, cfg["NUM_ARTICLES"])
             log(f"corpus: {len(records)} articles")
