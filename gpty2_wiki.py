@@ -83,6 +83,7 @@ EVAL_INTERVAL = 500         # steps between evaluations (and best-model saves)
 EVAL_ITERS = 50             # batches per split in an evaluation
 LOG_INTERVAL = 50           # steps between log lines
 CHECKPOINT_INTERVAL = 250   # steps between resumable checkpoints (out/ckpt.pt)
+MODEL_PT = "best"           # what out/model.pt holds: "best" (lowest val loss) | "last" (the newest: for memorising)
 QA_EVAL = 100               # questions from the train and from the val articles answered at each evaluation
 QA_CHARS = 160              # characters of each answer generated and compared with the truth's
 QA_OPENING = 40             # an answer is recalled when its first this many characters are the truth's
@@ -106,11 +107,15 @@ PRESETS = {
     "cpu": dict(N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128, BATCH_SIZE=32, MAX_ITERS=2500, TIME_BUDGET=10.0,
                 EVAL_INTERVAL=500, EVAL_ITERS=20, LOG_INTERVAL=25),
 }
+# The cpu preset's budget spent on fewer articles, each seen more often and asked as a question
+# (QA_WINDOWS): a model that answers its 450 training articles from memory (README: the corpus sizes).
+PRESETS["recall"] = dict(PRESETS["cpu"], NUM_ARTICLES=500, QA_WINDOWS=0.5, QA_EVAL=500, EVAL_INTERVAL=1250, MODEL_PT="last")
 CHOICES = {
     "DATA_SOURCE": ("auto", "wikipedia", "offline"),
     "DTYPE": ("auto", "float32", "bfloat16", "float16"),
     "COMPILE": ("auto", "on", "off"),
     "OPTIMIZER": ("auto", "muon", "adamw"),
+    "MODEL_PT": ("best", "last"),
 }
 
 
@@ -773,6 +778,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # all heads' q, k, v at once
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.attention = "auto"  # "baddbmm" | "sdpa" | "auto" (baddbmm on CPUs): training sets what it measured
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         causal = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
@@ -784,15 +790,16 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
-        if x.device.type == "cpu" and cache is None and mask is None:
-            # CPU training: one baddbmm applies the scale and the causal mask inside the matrix product.
-            # It measured 1.3x faster than SDPA here, whose CPU flash-attention backward is slow.
+        path = self.attention if self.attention != "auto" else "baddbmm" if x.device.type == "cpu" else "sdpa"
+        if path == "baddbmm" and cache is None and mask is None:
+            # One baddbmm applies the scale and the causal mask inside the matrix product: on CPUs, where
+            # SDPA's flash-attention backward is slow, it measured faster (see measure_attention).
             att = torch.baddbmm(self.mask_bias[:T, :T].to(q.dtype), q.reshape(B * H, T, hs),
                                 k.reshape(B * H, T, hs).transpose(1, 2), alpha=hs ** -0.5)  # (B*nh, T, T)
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = torch.bmm(att, v.reshape(B * H, T, hs)).view(B, H, T, hs)
         else:
-            # GPUs: flash attention. A prefill (T > 1) always starts from an empty cache, so causal
+            # Flash attention (GPUs). A prefill (T > 1) always starts from an empty cache, so causal
             # masking is all it needs; a single new query may look at every cached position. A batch
             # of left-padded prompts brings its own mask instead.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None,
@@ -1138,27 +1145,45 @@ def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forc
     speed = {use: {f32: fn(f32)} for use, fn in shapes.items()}  # seconds per product
     for dt in candidates:
         try:
-            probe = linear(64, dt) / linear(64, f32)  # an emulated dtype shows at once, on a small product
+            probe = linear(256, dt) / linear(256, f32)  # an emulated dtype shows at once, on a small product
             for use, fn in shapes.items():  # (and is not timed further: it would take seconds)
                 speed[use][dt] = fn(dt) if probe < 2 else probe * speed[use][f32]
         except RuntimeError:  # not supported by this device at all
             continue
-    chosen = {}
+    chosen, low = {}, [dt for dt in speed["train"] if dt != f32]
     for use, times in speed.items():
-        best = min(times, key=times.get)
-        chosen[use] = best if times[best] * 1.2 <= times[f32] else f32
-    f32_speedup = {use: speed[use][f32] / speed[use][chosen[use]] for use in speed}
-    low = [dt for dt in candidates if dt in speed["train"]]
-    if all(dt == f32 for dt in chosen.values()):
-        slowest = min(speed[use][dt] / speed[use][f32] for use in speed for dt in low) if low else 0
-        why = "float32: " + (f"{dtype_name(low[0])} products measured {slowest:.0f}x slower here" if slowest >= 10
-                             else f"{dtype_name(low[0])} measured no faster here" if low else "no lower precision here")
+        fast = min(times, key=times.get)
+        chosen[use] = fast if times[fast] * 1.2 <= times[f32] else f32
+    gain = {use: speed[use][f32] / speed[use][low[0]] for use in speed} if low else {}  # low precision's speed-up
+    if not low or all(dt == f32 for dt in chosen.values()):
+        worst = min(gain.values(), default=1.0)
+        why = "float32: " + (f"{dtype_name(low[0])} products measured " + (f"{1 / worst:.{0 if worst < 0.1 else 1}f}x "
+                             f"slower here" if worst <= 1 else f"only {worst:.2f}x faster here") if low else "nothing lower here")
     else:
-        why = ", ".join(f"{use} {dtype_name(dt)}" + (f" ({f32_speedup[use]:.1f}x float32 here)" if dt != f32 else
-                        f" ({dtype_name(low[0])} {speed[use][low[0]] / speed[use][f32]:.2f}x its time)")
+        why = ", ".join(f"{use} {dtype_name(dt)} ({dtype_name(low[0])} at {gain[use]:.2g}x float32's speed)"
                         for use, dt in chosen.items())
     rates = dict(train=tokens_flops / speed["train"][chosen["train"]], muon=ns_flops / speed["muon"][chosen["muon"]])
     return dict(chosen, rates=rates, why=why)
+
+
+def measure_attention(device: torch.device, config: GPTConfig, batch: int, dtype: torch.dtype) -> tuple[str, str]:
+    """("baddbmm" | "sdpa", why): the faster attention for training here, by timing one layer's
+    forward and backward both ways at the model's shape (on CPUs SDPA's backward can be slow)."""
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(config).to(device)
+    x = torch.randn(min(batch, 8), config.block_size, config.n_embd, device=device, requires_grad=True)
+
+    def timed(path):
+        attn.attention = path
+
+        def step():
+            with autocast_context(device, dtype):
+                y = attn(x)
+            y.float().sum().backward()
+        return best_time(step, device, reps=3)
+    t = {path: timed(path) for path in ("baddbmm", "sdpa")}
+    fast, slow = sorted(t, key=t.get)
+    return fast, f"attention {fast} ({t[slow] / t[fast]:.1f}x {slow}'s speed here)"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -1350,8 +1375,9 @@ def evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, sta
         f"(train openings exact), val similarity {row['val_similarity']:.2f}\n"
         + "\n".join(f"  Q: {q} ({split})\n  A: {a[:200]}" for split, q, a, _ in examples[::3]))
     write_samples(cfg["OUT_DIR"], it, examples)
-    if losses["val"] < state["best_val_loss"]:
-        state["best_val_loss"] = losses["val"]
+    best = losses["val"] < state["best_val_loss"]
+    state["best_val_loss"] = min(losses["val"], state["best_val_loss"])
+    if best or cfg["MODEL_PT"] == "last":
         meta = dict(state["meta"], recall=row["recall"], val_similarity=row["val_similarity"],
                     val_loss=row["val_loss"], time_budget_minutes=cfg["TIME_BUDGET"])
         save_model(os.path.join(cfg["OUT_DIR"], "model.pt"), raw_model, it, losses["val"], meta)
@@ -1437,8 +1463,9 @@ def hardware_choice(cfg, config, device, n_params, distributed, ck) -> dict:
     if not distributed or torch.distributed.get_rank() == 0:
         precision = measure_precision(device, config, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], cfg["DTYPE"])
         optimizer, why = choose_optimizer(cfg, config, precision, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], n_params)
+        attention, why_attention = measure_attention(device, config, cfg["BATCH_SIZE"], precision["train"])
         box = [dict({k: dtype_name(precision[k]) for k in ("train", "muon", "sample")}, optimizer=optimizer,
-                    why=f"precision {precision['why']}; optimizer {why}")]
+                    attention=attention, why=f"precision {precision['why']}; optimizer {why}; {why_attention}")]
     if distributed:
         torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
@@ -1456,15 +1483,17 @@ def _train(cfg, resume, device, rank, world, distributed):
         check_resumable(ck, config, cfg, say)
     torch.manual_seed(cfg["SEED"])  # the same initial weights on every rank
     model = GPTLanguageModel(config).to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     choice = hardware_choice(cfg, config, device, model.num_params(), distributed, ck)
     backend = torch.distributed.get_backend() if distributed else ""
     say(f"{device}" + (f" (DDP over {backend}, {world} process{'es' * (world > 1)})" if distributed else "")
         + f": {choice['why']}")
     dtypes = {k: getattr(torch, choice[k]) for k in ("train", "muon", "sample")}
     choice_dtypes = dict(choice, **dtypes)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    for block in model.blocks:
+        block.sa.attention = choice.get("attention", "auto")
     optimizers = make_optimizers(model, cfg, device, choice["optimizer"], dtypes["muon"])
     scaler = torch.amp.GradScaler(device.type, enabled=dtypes["train"] == torch.float16)
     autocast = autocast_context(device, dtypes["train"])

@@ -23,18 +23,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gpty2_wiki as g  # noqa: E402
 
 BASE = dict(DATA_SOURCE="offline", NUM_ARTICLES=10000, N_LAYER=4, N_HEAD=4, N_EMBD=256, BLOCK_SIZE=128,
-            BATCH_SIZE=32, EVAL_ITERS=100, SEED=1337, DTYPE="auto", COMPILE="off", MAX_ANSWER_CHARS=1)
+            BATCH_SIZE=32, EVAL_ITERS=100, SEED=1337, DTYPE="auto", COMPILE="off", QA_EVAL=1, QA_CHARS=1)
 RECIPES = {
     # the original script: AdamW at a constant 3e-4, dropout 0.2, no warmup, decay or clipping
-    "original": dict(MUON_LR=0.0, LEARNING_RATE=3e-4, MIN_LR_RATIO=1.0, WARMUP_ITERS=0, WEIGHT_DECAY=0.01, BETA2=0.999,
+    "original": dict(OPTIMIZER="adamw", LEARNING_RATE=3e-4, MIN_LR_RATIO=1.0, WARMUP_ITERS=0, WEIGHT_DECAY=0.01, BETA2=0.999,
                      GRAD_CLIP=0.0, DROPOUT=0.2, BIAS=True, TIE_EMBEDDINGS=False),
     # nanoGPT's habits
-    "nanogpt": dict(MUON_LR=0.0, LEARNING_RATE=1e-3, MIN_LR_RATIO=0.1, WARMUP_ITERS=100, WEIGHT_DECAY=0.1, BETA2=0.99,
+    "nanogpt": dict(OPTIMIZER="adamw", LEARNING_RATE=1e-3, MIN_LR_RATIO=0.1, WARMUP_ITERS=100, WEIGHT_DECAY=0.1, BETA2=0.99,
                     GRAD_CLIP=1.0, DROPOUT=0.0, BIAS=False, TIE_EMBEDDINGS=True),
-    # this project's defaults, as the constants at the top of gpty2_wiki.py say
-    "gpty2_wiki": {k: g.config_defaults()[k] for k in ("LEARNING_RATE", "MUON_LR", "MIN_LR_RATIO", "WARMUP_ITERS",
-                   "WEIGHT_DECAY", "BETA1", "BETA2", "GRAD_CLIP", "DROPOUT", "BIAS", "TIE_EMBEDDINGS")},
+    # this project's defaults, as the constants at the top of gpty2_wiki.py say, with Muon
+    "gpty2_wiki": dict({k: g.config_defaults()[k] for k in ("LEARNING_RATE", "MUON_LR", "MIN_LR_RATIO", "WARMUP_ITERS",
+                        "WEIGHT_DECAY", "BETA1", "BETA2", "GRAD_CLIP", "DROPOUT", "BIAS", "TIE_EMBEDDINGS")},
+                       OPTIMIZER="muon"),
 }
+# and the same with AdamW everywhere: where Muon does not win at equal time, OPTIMIZER=auto must not pick it
+RECIPES["gpty2_wiki_adamw"] = dict(RECIPES["gpty2_wiki"], OPTIMIZER="adamw")
 
 
 def step_time(cfg, steps=12, warmup=3):
@@ -45,8 +48,9 @@ def step_time(cfg, steps=12, warmup=3):
     model = g.GPTLanguageModel(g.GPTConfig(len(g.VOCAB), cfg["BLOCK_SIZE"], cfg["N_EMBD"], cfg["N_HEAD"],
                                            cfg["N_LAYER"], cfg["DROPOUT"], cfg["BIAS"], cfg["TIE_EMBEDDINGS"]))
     model = model.to(device).train()
-    opts = g.make_optimizers(model, cfg, device)
-    ctx = g.autocast_context(device, g.resolve_dtype(cfg["DTYPE"], device))
+    precision = g.measure_precision(device, model.config, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], cfg["DTYPE"])
+    opts = g.make_optimizers(model, cfg, device, cfg["OPTIMIZER"], precision["muon"])
+    ctx = g.autocast_context(device, precision["train"])
     x = torch.randint(0, len(g.VOCAB), (cfg["BATCH_SIZE"], cfg["BLOCK_SIZE"]), device=device)
     times = []
     for i in range(warmup + steps):
@@ -84,7 +88,7 @@ def main():
     runs = {name: dict(g.config_defaults(), **BASE, **recipe) for name, recipe in RECIPES.items()
             if not a.only or name in a.only}
     runs.update({f"--preset {p}": dict(g.config_defaults(), **g.PRESETS[p], DATA_SOURCE="offline", EVAL_ITERS=100,
-                                       MAX_ANSWER_CHARS=1) for p in a.preset})
+                                       QA_EVAL=1, QA_CHARS=1, TIME_BUDGET=0) for p in a.preset})
     # the budget becomes a step count per recipe, from step times measured alternately, in one process
     times = {name: [] for name in runs}
     for _ in range(3):
@@ -92,8 +96,9 @@ def main():
             times[name].append(step_time(cfg))
     results = [run(name, cfg, a.minutes * 60, min(times[name])) for name, cfg in runs.items()]
     ref = {r["name"]: r for r in results}
+    precision = g.measure_precision(g.resolve_device("auto"), g.GPTConfig(n_embd=256, n_head=4, n_layer=4), 4096)
     print(f"\nSame data, same {a.minutes:g}-minute budget, seed {BASE['SEED']}; model 4x256, block 128, batch 32 "
-          f"({g.resolve_dtype('auto', g.resolve_device('cpu'))})")
+          f"(precision {precision['why']})")
     print(f"{'recipe':14s} {'steps':>6s} {'ms/step':>8s} {'wall s':>7s} {'val loss':>9s} {'bits/char':>9s} "
           f"{'answer loss':>11s} {'vs original':>11s} {'vs nanogpt':>10s}")
     for r in results:

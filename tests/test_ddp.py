@@ -26,7 +26,7 @@ def test_torchrun_two_processes_with_the_defaults_accumulation(tmp_path):
     assert "60 steps of 512 tokens" in ddp.stdout  # global batch = 8 sequences x 32 characters x 2 processes
     assert sorted(os.listdir(tmp_path)) == ["ddp"]  # and only rank 0 writes, once
     assert sorted(f for f in os.listdir(tmp_path / "ddp") if not f.startswith(".")) == [
-        "ckpt.pt", "lock", "loss.png", "metrics.jsonl", "model.pt", "samples.txt"]
+        "ckpt.pt", "config.json", "lock", "loss.png", "metrics.jsonl", "model.pt", "model.safetensors", "samples.txt"]
     single = subprocess.run([sys.executable, SCRIPT, *common, "--gradient-accumulation-steps", "2", "--out-dir", "one"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert single.returncode == 0, single.stderr[-2000:]

@@ -135,3 +135,20 @@ def test_fast_attention_equals_the_naive_one():
             bf16, _ = m(idx)
     assert torch.allclose(fp32, ref, atol=1e-5)
     assert (bf16.float() - ref).abs().max() < 0.02 * ref.abs().max()  # bf16 noise, not a different function
+
+
+def test_both_attention_paths_compute_the_same_function_and_gradients():
+    m = tiny(block_size=16)
+    idx = torch.randint(0, 96, (3, 16))
+    out = {}
+    for path in ("baddbmm", "sdpa"):
+        for blk in m.blocks:
+            blk.sa.attention = path
+        m.zero_grad()
+        logits, loss = m(idx, idx)
+        loss.backward()
+        out[path] = (logits.detach(), m.blocks[0].sa.qkv.weight.grad.clone())
+    assert torch.allclose(out["baddbmm"][0], out["sdpa"][0], atol=1e-5)
+    assert torch.allclose(out["baddbmm"][1], out["sdpa"][1], atol=1e-6)
+    path, why = g.measure_attention(torch.device("cpu"), m.config, 4, torch.float32)
+    assert path in ("baddbmm", "sdpa") and why.startswith(f"attention {path} (")
