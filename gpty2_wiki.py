@@ -1388,16 +1388,16 @@ def evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, sta
 
 
 def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: float, elapsed: float) -> dict:
-    """TIME_BUDGET -> the run's steps: as many as fit in what is left of it at the measured speed,
-    after as many evaluations as MAX_ITERS / EVAL_INTERVAL would make. The evaluation and checkpoint
-    intervals scale with the step count. Fixed once, stored in the checkpoint, kept by --resume."""
-    evals = max(1, round(cfg["MAX_ITERS"] / cfg["EVAL_INTERVAL"]))
-    left = 0.97 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * eval_seconds
-    total = max(done + 1, done + int(left / seconds_per_step))
-    steps = max(1, math.ceil(total / cfg["ROUNDS"]))
-    scale = steps / cfg["MAX_ITERS"]
-    return dict(MAX_ITERS=steps, EVAL_INTERVAL=max(1, round(cfg["EVAL_INTERVAL"] * scale)),
-                CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * scale)))
+    """TIME_BUDGET -> the run's steps: as many as fit in what is left of it (less 8%: a shared machine's
+    speed drifts by about that much) at the measured speed, after as many evaluations as MAX_ITERS / EVAL_INTERVAL would
+    make, the last one at the last step. The checkpoint interval scales with the step count. Fixed
+    once, stored in the checkpoint, kept by --resume."""
+    evals = max(1, round(cfg["MAX_ITERS"] / cfg["EVAL_INTERVAL"]))  # per round
+    left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * cfg["ROUNDS"] * eval_seconds
+    total = done + max(1, int(left / seconds_per_step))
+    interval = max(1, total // (cfg["ROUNDS"] * evals))
+    return dict(MAX_ITERS=interval * evals, EVAL_INTERVAL=interval,
+                CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * interval * evals / cfg["MAX_ITERS"])))
 
 
 def train_step(model, optimizers, scaler, ids, starts, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
@@ -2238,7 +2238,7 @@ def serve(cfg: dict, model_path: str) -> None:
 # Command line: every constant above is a --flag
 
 def config_defaults() -> dict:
-    """The configuration block's constants, in file order (everything from DATA_SOURCE to OUT_DIR)."""
+    """The configuration block's constants, in file order (everything from DATA_SOURCE to PORT)."""
     names = list(globals())
     return {k: globals()[k] for k in names[names.index("DATA_SOURCE"):names.index("PRESETS")] if k.isupper()}
 
@@ -2353,16 +2353,18 @@ def eval_model(cfg: dict, model_path: str) -> dict:
     result = dict(recall=qa["train"]["exact"], train_similarity=qa["train"]["similarity"], val_exact=qa["val"]["exact"],
                   val_similarity=qa["val"]["similarity"], val_loss=loss.item(), seconds=time.time() - t0)
     nt, nv = len(sets["train"]), len(sets["val"])
+    rows = [(f"recall: train questions, first {cfg['QA_OPENING']} characters exact", f"{result['recall']:.1%} of {nt}"),
+            (f"train similarity (difflib ratio, first {cfg['QA_CHARS']} characters)", f"{result['train_similarity']:.3f}"),
+            ("val openings exact (unseen articles)", f"{result['val_exact']:.1%} of {nv}"),
+            ("val similarity (form and register, not facts)", f"{result['val_similarity']:.3f}"),
+            (f"val loss on the {nv} val Q&A records", f"{result['val_loss']:.3f} nats/char "
+                                                     f"({result['val_loss'] / math.log(2):.3f} bits/char)")]
     print(f"{model_path}: {model.num_params() / 1e6:.2f}M parameters, step {model.meta.get('iter')}, "
-          f"{len(model.meta.get('train_titles', [])):,} training articles\n"
-          f"  recall (train questions, first {cfg['QA_OPENING']} characters exact)  {result['recall']:6.1%}  of {nt}\n"
-          f"  train similarity (difflib ratio)                     {result['train_similarity']:6.3f}\n"
-          f"  val exact openings (unseen articles)                 {result['val_exact']:6.1%}  of {nv}\n"
-          f"  val similarity (form and register, not facts)        {result['val_similarity']:6.3f}\n"
-          f"  val loss on the {nv} val answers' text               {result['val_loss']:6.3f} nats/char "
-          f"({result['val_loss'] / math.log(2):.3f} bits/char)\n  ({result['seconds']:.1f} s)")
-    for split in ("train", "val"):
-        for r, a in list(zip(sets[split], qa[split]["answers"]))[:3]:
+          f"{len(model.meta.get('train_titles', [])):,} training articles; scored in {result['seconds']:.1f} s\n"
+          + "\n".join(f"  {k:<58} {v}" for k, v in rows))
+    for split in ("train", "val"):  # whole greedy answers, as --ask --temperature 0 gives them
+        for r in sets[split][:3]:
+            a = ask(model, r["question"], 0, max_chars=cfg["MAX_ANSWER_CHARS"], autocast=autocast)
             print(f"\nQ: {r['question']} ({split} article)\nA: {a}\nTrue: {r['answer']}")
     return result
 

@@ -69,7 +69,7 @@ def test_eval_prints_the_table_and_answers_beside_the_truth(trained):
     d, _ = trained
     r = run(["--eval"], cwd=d)
     assert r.returncode == 0, r.stderr
-    for needle in ("recall (train questions, first 40 characters exact)", "val similarity", "val loss on the",
+    for needle in ("recall: train questions, first 40 characters exact", "val similarity", "val loss on the",
                    "bits/char"):
         assert needle in r.stdout, needle
     assert r.stdout.count("(train article)\nA: ") == 3 and r.stdout.count("(val article)\nA: ") == 3

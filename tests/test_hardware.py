@@ -85,7 +85,10 @@ def test_time_budget_fixes_the_steps_and_resume_keeps_them(tmp_path):
     assert "steps to fit 0.1 minutes" in r.stdout and "time budget 0.1 minutes:" in r.stdout
     ck = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
     plan = ck["plan"]
-    assert ck["iter"] == plan["MAX_ITERS"] > 50 and plan["EVAL_INTERVAL"] == round(250 * plan["MAX_ITERS"] / 1000)
+    assert ck["iter"] == plan["MAX_ITERS"] > 50 and plan["MAX_ITERS"] == 4 * plan["EVAL_INTERVAL"]  # as 1000 / 250
+    evals = [m["iter"] for m in map(json.loads, open(tmp_path / "out" / "metrics.jsonl")) if "val_loss" in m]
+    assert evals[0] == 0 and evals[-1] == plan["MAX_ITERS"] and len(set(evals)) == len(evals)  # last step: once
+    assert all(it % plan["EVAL_INTERVAL"] == 0 for it in evals)
     rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     assert rows[-1]["elapsed"] < 1.5 * 6  # seconds: the plan fitted the budget (with room for a busy machine)
     again = run(args + ["--resume"], cwd=tmp_path)
