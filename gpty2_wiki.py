@@ -95,6 +95,7 @@ MAX_ANSWER_CHARS = 400      # longest answer --ask generates
 DEVICE = "auto"             # "auto" (cuda, then mps, then cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
 DTYPE = "auto"              # "auto" (measured at start-up: the fastest native one) | "float32" | "bfloat16" | "float16"
 COMPILE = "auto"            # "auto" (on for CUDA) | "on" | "off": torch.compile
+ATTENTION = "auto"          # "auto" (measured at start-up: the faster for training) | "sdpa" | "baddbmm"
 SEED = 1337                 # seeds the weights, the batches and the sampling
 OUT_DIR = "out"             # model.pt (+ .safetensors, config.json), ckpt.pt, metrics.jsonl, loss.png, samples.txt
 WANDB_LOG = False           # also send the metrics to Weights & Biases (pip install wandb)
@@ -116,6 +117,7 @@ CHOICES = {
     "COMPILE": ("auto", "on", "off"),
     "OPTIMIZER": ("auto", "muon", "adamw"),
     "MODEL_PT": ("best", "last"),
+    "ATTENTION": ("auto", "sdpa", "baddbmm"),
 }
 
 
@@ -1182,8 +1184,8 @@ def measure_attention(device: torch.device, config: GPTConfig, batch: int, dtype
             y.float().sum().backward()
         return best_time(step, device, reps=3)
     t = {path: timed(path) for path in ("baddbmm", "sdpa")}
-    fast, slow = sorted(t, key=t.get)
-    return fast, f"attention {fast} ({t[slow] / t[fast]:.1f}x {slow}'s speed here)"
+    fast, slow = ("baddbmm", "sdpa") if t["baddbmm"] * 1.1 < t["sdpa"] else ("sdpa", "baddbmm")  # a tie: SDPA
+    return fast, f"attention {fast} ({t[slow] / t[fast]:.2g}x {slow}'s speed here)"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -1395,7 +1397,7 @@ def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: floa
     evals = max(1, round(cfg["MAX_ITERS"] / cfg["EVAL_INTERVAL"]))  # per round
     left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * cfg["ROUNDS"] * eval_seconds
     total = done + max(1, int(left / seconds_per_step))
-    interval = max(1, total // (cfg["ROUNDS"] * evals))
+    interval = math.ceil(total / (cfg["ROUNDS"] * evals))  # rounded up: never fewer steps than done already
     return dict(MAX_ITERS=interval * evals, EVAL_INTERVAL=interval,
                 CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * interval * evals / cfg["MAX_ITERS"])))
 
@@ -1463,7 +1465,8 @@ def hardware_choice(cfg, config, device, n_params, distributed, ck) -> dict:
     if not distributed or torch.distributed.get_rank() == 0:
         precision = measure_precision(device, config, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], cfg["DTYPE"])
         optimizer, why = choose_optimizer(cfg, config, precision, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], n_params)
-        attention, why_attention = measure_attention(device, config, cfg["BATCH_SIZE"], precision["train"])
+        attention, why_attention = (measure_attention(device, config, cfg["BATCH_SIZE"], precision["train"])
+                                    if cfg["ATTENTION"] == "auto" else (cfg["ATTENTION"], f"attention {cfg['ATTENTION']} (--attention)"))
         box = [dict({k: dtype_name(precision[k]) for k in ("train", "muon", "sample")}, optimizer=optimizer,
                     attention=attention, why=f"precision {precision['why']}; optimizer {why}; {why_attention}")]
     if distributed:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpty2_wiki as g
-from helpers import ROOT, SCRIPT, TINY, run
+from helpers import ROOT, TINY, run
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -30,7 +30,8 @@ def test_training_writes_every_output(trained):
     d, r = trained
     for name in ("model.pt", "ckpt.pt", "metrics.jsonl", "loss.png", "samples.txt"):
         assert (d / "out" / name).stat().st_size > 0, name
-    assert r.stdout.startswith("cpu: precision float32 everywhere (--dtype); optimizer adamw")  # the first line says
+    assert r.stdout.startswith("cpu: precision float32 everywhere (--dtype); optimizer adamw (--optimizer); "
+                               "attention sdpa (--attention)")  # the first line says what was chosen, and why
     assert "parameters" in r.stdout and "step 40: train loss" in r.stdout and "ETA" in r.stdout and "recall" in r.stdout
     assert "Traceback" not in r.stderr
 
@@ -52,39 +53,44 @@ def test_fresh_process_loads_the_model_safely_and_asks(trained):
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
 
 
-def test_ask_from_the_command_line_says_whether_the_subject_was_trained_on(trained):
+def in_process(args, cwd, monkeypatch, capsys):
+    monkeypatch.chdir(cwd)
+    rc = g.main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_ask_from_the_command_line_says_whether_the_subject_was_trained_on(trained, monkeypatch, capsys):
     d, _ = trained
     ck = torch.load(d / "out" / "model.pt", weights_only=True)
     title = ck["train_titles"][0]
-    r = run(["--ask", f"What is {title}?", "--temperature", "0"], cwd=d)
-    assert r.returncode == 0 and "Traceback" not in r.stderr
-    assert r.stdout.rstrip().endswith(f"[among the {len(ck['train_titles']):,} training articles: expect recall]")
-    r2 = run(["--ask", f"What is {title}?", "--temperature", "0"], cwd=d)
-    assert r2.stdout == r.stdout  # greedy is deterministic
-    loop = run(["--ask"], cwd=d, input=f"Who is {ck['val_titles'][0]}?\nWhat is a cat?\n")
-    assert loop.returncode == 0 and loop.stdout.count("[not among the") == 2
+    rc, out, _ = in_process(["--ask", f"What is {title}?", "--temperature", "0"], d, monkeypatch, capsys)
+    assert rc == 0 and out.rstrip().endswith(f"[among the {len(ck['train_titles']):,} training articles: expect recall]")
+    assert in_process(["--ask", f"What is {title}?", "--temperature", "0"], d, monkeypatch, capsys)[1] == out  # greedy
+    loop = run(["--ask"], cwd=d, input=f"Who is {ck['val_titles'][0]}?\nWhat is a cat?\n")  # a real process, stdin
+    assert loop.returncode == 0 and loop.stdout.count("[not among the") == 2 and "Traceback" not in loop.stderr
 
 
-def test_eval_prints_the_table_and_answers_beside_the_truth(trained):
+def test_eval_prints_the_table_and_answers_beside_the_truth(trained, monkeypatch, capsys):
     d, _ = trained
-    r = run(["--eval"], cwd=d)
-    assert r.returncode == 0, r.stderr
+    rc, out, _ = in_process(["--eval"], d, monkeypatch, capsys)
+    assert rc == 0
     for needle in ("recall: train questions, first 40 characters exact", "val similarity", "val loss on the",
                    "bits/char"):
-        assert needle in r.stdout, needle
-    assert r.stdout.count("(train article)\nA: ") == 3 and r.stdout.count("(val article)\nA: ") == 3
-    assert r.stdout.count("\nTrue: ") == 6
+        assert needle in out, needle
+    assert out.count("(train article)\nA: ") == 3 and out.count("(val article)\nA: ") == 3
+    assert out.count("\nTrue: ") == 6
 
 
-def test_an_older_model_file_without_titles_still_loads_and_asks(trained, tmp_path):
+def test_an_older_model_file_without_titles_still_loads_and_asks(trained, tmp_path, monkeypatch, capsys):
     d, _ = trained
     ck = torch.load(d / "out" / "model.pt", weights_only=True)
     old = {k: ck[k] for k in ("model", "config", "vocab", "iter", "val_loss")}  # what 0.1.0 wrote
     torch.save(old, tmp_path / "old.pt")
-    r = run(["--ask", "Who is Ada Lovelace?", "--model", "old.pt"], cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() and "training articles" not in r.stdout
-    r = run(["--eval", "--model", "old.pt"], cwd=tmp_path)
-    assert r.returncode == 1 and "no evaluation questions" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    rc, out, _ = in_process(["--ask", "Who is Ada Lovelace?", "--model", "old.pt"], tmp_path, monkeypatch, capsys)
+    assert rc == 0 and out.strip() and "training articles" not in out
+    rc, _, err = in_process(["--eval", "--model", "old.pt"], tmp_path, monkeypatch, capsys)
+    assert rc == 1 and "no evaluation questions" in err and len(err.strip().splitlines()) == 1
 
 
 BAD = [

@@ -85,7 +85,7 @@ def test_time_budget_fixes_the_steps_and_resume_keeps_them(tmp_path):
     assert "steps to fit 0.1 minutes" in r.stdout and "time budget 0.1 minutes:" in r.stdout
     ck = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
     plan = ck["plan"]
-    assert ck["iter"] == plan["MAX_ITERS"] > 50 and plan["MAX_ITERS"] == 4 * plan["EVAL_INTERVAL"]  # as 1000 / 250
+    assert ck["iter"] == plan["MAX_ITERS"] > 5 and plan["MAX_ITERS"] == 4 * plan["EVAL_INTERVAL"]  # as 1000 / 250
     evals = [m["iter"] for m in map(json.loads, open(tmp_path / "out" / "metrics.jsonl")) if "val_loss" in m]
     assert evals[0] == 0 and evals[-1] == plan["MAX_ITERS"] and len(set(evals)) == len(evals)  # last step: once
     assert all(it % plan["EVAL_INTERVAL"] == 0 for it in evals)

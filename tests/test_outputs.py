@@ -9,10 +9,11 @@ import gpty2_wiki as g
 from helpers import TINY, run
 
 
-def test_metrics_and_samples_content(tmp_path):
-    r = run(["--data-source", "offline", "--num-articles", "300", "--max-iters", "20", "--eval-interval", "10",
-             *TINY], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+def test_metrics_and_samples_content(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # in this process: the training code is the same, the start-up is saved
+    rc = g.main(["--data-source", "offline", "--num-articles", "300", "--max-iters", "20", "--eval-interval", "10", *TINY])
+    stdout = capsys.readouterr().out
+    assert rc == 0
     rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     evals = [m for m in rows if "val_loss" in m]
     steps = [m for m in rows if "tokens_per_s" in m]
@@ -24,7 +25,7 @@ def test_metrics_and_samples_content(tmp_path):
         assert set(m) >= {"iter", "train_loss", "lr", "tokens_per_s", "elapsed"} and m["tokens_per_s"] > 0
     samples = (tmp_path / "out" / "samples.txt").read_text()
     assert samples.count("--- step") == 3 and samples.count("\nQ: ") + samples.startswith("Q: ") >= 3
-    assert "step 20: train loss" in r.stdout and "Q: " in r.stdout  # printed too
+    assert "step 20: train loss" in stdout and "Q: " in stdout  # printed too
     png = (tmp_path / "out" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
 
@@ -48,9 +49,10 @@ def test_wandb_offline(tmp_path):
     assert len(runs) == 1
 
 
-def test_wandb_missing_is_one_line(tmp_path):
+def test_wandb_missing_is_one_line(tmp_path, monkeypatch, capsys):
     if "wandb" in sys.modules or __import__("importlib").util.find_spec("wandb"):
         pytest.skip("wandb is installed")
-    r = run(["--data-source", "offline", "--num-articles", "300", "--max-iters", "2", "--wandb-log", *TINY],
-            cwd=tmp_path)
-    assert r.returncode == 1 and "pip install wandb" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    monkeypatch.chdir(tmp_path)
+    rc = g.main(["--data-source", "offline", "--num-articles", "300", "--max-iters", "2", "--wandb-log", *TINY])
+    err = capsys.readouterr().err
+    assert rc == 1 and "pip install wandb" in err and len(err.strip().splitlines()) == 1

@@ -3,18 +3,21 @@ import json
 
 import torch
 
-from helpers import TINY, run
+import gpty2_wiki as g
+from helpers import TINY
 from test_fetch import big_pool
 from wiki_server import WikiServer
 
 
-def test_two_rounds_grow_the_corpus_and_carry_on(tmp_path):
+def test_two_rounds_grow_the_corpus_and_carry_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     with WikiServer(pages=big_pool(10), seed=3) as server:
-        r = run(["--data-source", "wikipedia", "--wiki-api-url", server.url, "--num-articles", "40",
-                 "--rounds", "2", "--articles-per-round", "20", "--max-iters", "10", "--eval-interval", "100",
-                 "--retry-backoff", "0", *TINY], cwd=tmp_path, timeout=180)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "round 1/2" in r.stdout and "round 2/2" in r.stdout
+        rc = g.main(["--data-source", "wikipedia", "--wiki-api-url", server.url, "--num-articles", "40",
+                     "--rounds", "2", "--articles-per-round", "20", "--max-iters", "10", "--eval-interval", "100",
+                     "--retry-backoff", "0", *TINY])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-2000:]
+    assert "round 1/2" in out and "round 2/2" in out
     lines = (tmp_path / "data" / "articles.jsonl").read_text().splitlines()
     assert len(lines) == 60 and len({json.loads(x)["pageid"] for x in lines}) == 60
     evals = [json.loads(x)["iter"] for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
