@@ -1108,7 +1108,8 @@ def best_time(fn, device: torch.device, reps: int = 5) -> float:
 
 def newton_schulz_flops(config: GPTConfig, steps: int = 5) -> float:
     """FLOPs of Muon's Newton-Schulz iterations for all the blocks' matrices in one optimizer step:
-    per iteration 4 m^2 n + 2 m^3 for an m x n matrix with m <= n."""
+    per iteration 4 m^2 n + 2 m^3 for an m x n matrix with m <= n (the plain iteration's count; in
+    float32, orthogonalize needs a third fewer)."""
     C = config.n_embd
     shapes = [(C, 3 * C), (C, C), (C, 4 * C), (C, 4 * C)]  # qkv, proj, and the feed-forward pair, per layer
     return config.n_layer * steps * sum(4 * m * m * n + 2 * m ** 3 for m, n in shapes)
@@ -1210,14 +1211,27 @@ def lr_scale(it: int, cfg: dict) -> float:
 
 def orthogonalize(G: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
     """Newton-Schulz iteration towards U V^T of each G = U S V^T in a (L, m, n) stack (Muon's quintic
-    coefficients), with the products in dtype: one batched product per step for all L matrices."""
+    coefficients), with the products in dtype: one batched product per step for all L matrices.
+    Each step is X <- q(A) X with A = X X^T and q(A) = a + b A + c A^2, so A <- q(A)^2 A: a wide
+    matrix (n >= 3m) in float32 iterates on the small m x m matrices alone and multiplies X once at
+    the end, a third fewer FLOPs. bf16 keeps the plain iteration, whose rounding that would compound."""
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.size(1) > G.size(2)
     X = G.to(dtype) / (G.norm(dim=(1, 2), keepdim=True) + 1e-7).to(dtype)
     X = X.mT if tall else X  # (L, m, n) with m <= n: the m x m products are the small ones
-    for _ in range(steps):
-        A = X @ X.mT  # (L, m, m)
-        X = a * X + (b * A + c * A @ A) @ X
+    if dtype == torch.float32 and X.size(2) >= 3 * X.size(1):
+        A, Q = X @ X.mT, None  # (L, m, m)
+        for _ in range(steps):
+            q = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            q.diagonal(dim1=1, dim2=2).add_(a)  # q(A)
+            Q = q if Q is None else q @ Q
+            A = q @ (q @ A)
+        X = Q @ X
+    else:
+        for _ in range(steps):
+            A = X @ X.mT  # (L, m, m)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A A, in one product
+            X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
     return (X.mT if tall else X).to(G.dtype)
 
 

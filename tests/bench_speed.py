@@ -144,7 +144,8 @@ def default_choice(device, batch):
     precision = g.measure_precision(device, config, batch * SHAPE["block_size"])
     n = g.GPTLanguageModel(config).num_params()
     optimizer, why = g.choose_optimizer(g.config_defaults(), config, precision, batch * SHAPE["block_size"], n)
-    return precision, optimizer, why
+    attention, why_attention = g.measure_attention(device, config, batch, precision["train"])
+    return precision, optimizer, f"{why}; {why_attention}", attention
 
 
 def make_variant(name, device, batch, choice):
@@ -152,7 +153,7 @@ def make_variant(name, device, batch, choice):
     AdamW) or 'default' (the chosen dtype and optimizer: what `python gpty2_wiki.py` runs)."""
     torch.manual_seed(0)
     cfg = g.GPTConfig(len(g.VOCAB), dropout=0.0, **SHAPE)
-    precision, optimizer, _ = choice
+    precision, optimizer, _, attention = choice
     if name == "naive":
         model = NaiveGPT(len(g.VOCAB), SHAPE["n_layer"], SHAPE["n_head"], SHAPE["n_embd"], SHAPE["block_size"])
         model = model.to(device)
@@ -160,6 +161,8 @@ def make_variant(name, device, batch, choice):
         ctx = g.nullcontext()  # fp32, eager
     else:
         model = g.GPTLanguageModel(cfg).to(device)
+        for block in model.blocks:
+            block.sa.attention = attention
         opts = g.make_optimizers(model, g.config_defaults(), device, optimizer if name == "default" else "adamw",
                                  precision["muon"])
         ctx = g.autocast_context(device, torch.float32 if name == "fp32" else precision["train"])
@@ -198,7 +201,7 @@ def n_params(model):
 
 
 def bench_training(device, batch, rounds, choice, warmup=2):
-    precision, optimizer, why = choice
+    precision, optimizer, why, _ = choice
     names = ["naive", "fp32", "model", "default"]
     if precision["train"] == torch.float32:
         names.remove("fp32")  # the model alone already runs in fp32 here

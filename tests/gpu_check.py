@@ -64,7 +64,7 @@ def full_default_run(tmp, smoke):
     tokens = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * cfg["GRADIENT_ACCUMULATION_STEPS"]
     projected = g.config_defaults()["MAX_ITERS"] * tokens / tok_s
     ck = torch.load(os.path.join(cfg["OUT_DIR"], "ckpt.pt"), weights_only=True)
-    check("full default model, compiled", row["val_loss"] < 3.0 and ck["iter"] == steps,
+    check("full default model, compiled", row["val_loss"] < (3.5 if smoke else 2.5) and ck["iter"] == steps,
           f"{steps} steps in {wall:.0f} s wall, {tok_s:,.0f} tokens/s, MFU {mfu:.1%}, val loss {row['val_loss']:.3f}; "
           f"{ck['choice']['why']}; the default {g.config_defaults()['MAX_ITERS']}-step run: ~{projected / 60:.1f} min")
     return dict(tokens_per_s=tok_s, mfu=mfu, projected_minutes=projected / 60, wall=wall)
