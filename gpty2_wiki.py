@@ -1571,7 +1571,7 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
                 t_log, t_probe = t_log + eval_seconds, t_probe + eval_seconds  # speeds count training only
             if last:
                 break
-            if planning and it - start >= 5 and (time.time() - t_probe > 10 or it - start >= 50):
+            if planning and it - start == 22:  # 20 steps timed, the same step on every rank (the plan is shared)
                 fix_plan(cfg, state, it, (time.time() - t_probe) / (it - start - 2), eval_seconds, world, master)
                 planning, bar.total = False, cfg["MAX_ITERS"] * cfg["ROUNDS"]
                 continue
