@@ -21,6 +21,16 @@ def run(args, cwd, timeout=120, env=None, **kw):
                           timeout=timeout, env=e, **kw)
 
 
+def in_process(args, cwd, monkeypatch, capsys):
+    """Run main(args) in this process (no second import of torch: seconds saved per run); (rc, out, err)."""
+    import gpty2_wiki
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    rc = gpty2_wiki.main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def read_tsv(name):
     with open(os.path.join(DATA, name), encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f][1:]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpty2_wiki as g
-from helpers import ROOT, TINY, run
+from helpers import ROOT, TINY, in_process, run
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -53,19 +53,13 @@ def test_fresh_process_loads_the_model_safely_and_asks(trained):
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
 
 
-def in_process(args, cwd, monkeypatch, capsys):
-    monkeypatch.chdir(cwd)
-    rc = g.main(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_ask_from_the_command_line_says_whether_the_subject_was_trained_on(trained, monkeypatch, capsys):
     d, _ = trained
     ck = torch.load(d / "out" / "model.pt", weights_only=True)
     title = ck["train_titles"][0]
     rc, out, _ = in_process(["--ask", f"What is {title}?", "--temperature", "0"], d, monkeypatch, capsys)
-    assert rc == 0 and out.rstrip().endswith(f"[among the {len(ck['train_titles']):,} training articles: expect recall]")
+    recall = f"it recalled {ck['recall']:.0%} of those it was tested on"
+    assert rc == 0 and out.rstrip().endswith(f"[among the {len(ck['train_titles']):,} training articles: {recall}]")
     assert in_process(["--ask", f"What is {title}?", "--temperature", "0"], d, monkeypatch, capsys)[1] == out  # greedy
     loop = run(["--ask"], cwd=d, input=f"Who is {ck['val_titles'][0]}?\nWhat is a cat?\n")  # a real process, stdin
     assert loop.returncode == 0 and loop.stdout.count("[not among the") == 2 and "Traceback" not in loop.stderr

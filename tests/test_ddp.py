@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from helpers import SCRIPT, TINY
+from helpers import SCRIPT, TINY, in_process
 
 
 def losses(out_dir):
@@ -13,7 +13,7 @@ def losses(out_dir):
     return [r["val_loss"] for r in rows if "val_loss" in r]
 
 
-def test_torchrun_two_processes_with_the_defaults_accumulation(tmp_path):
+def test_torchrun_two_processes_with_the_defaults_accumulation(tmp_path, monkeypatch, capsys):
     common = ["--data-source", "offline", "--num-articles", "300", "--max-iters", "60", "--eval-interval", "30",
               "--learning-rate", "3e-3", *TINY]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -27,10 +27,9 @@ def test_torchrun_two_processes_with_the_defaults_accumulation(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ddp"]  # and only rank 0 writes, once
     assert sorted(f for f in os.listdir(tmp_path / "ddp") if not f.startswith(".")) == [
         "ckpt.pt", "config.json", "lock", "loss.png", "metrics.jsonl", "model.pt", "model.safetensors", "samples.txt"]
-    single = subprocess.run([sys.executable, SCRIPT, *common, "--gradient-accumulation-steps", "2", "--out-dir", "one"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
-    assert single.returncode == 0, single.stderr[-2000:]
-    assert "60 steps of 512 tokens" in single.stdout
+    rc, out, err = in_process([*common, "--gradient-accumulation-steps", "2", "--out-dir", "one"], tmp_path,
+                              monkeypatch, capsys)
+    assert rc == 0 and "60 steps of 512 tokens" in out, err[-2000:]
     d, s = losses(tmp_path / "ddp"), losses(tmp_path / "one")
     assert d[-1] < d[0] - 0.5  # it learned
     assert abs(d[-1] - s[-1]) < 0.15 * s[-1], (d, s)  # as much as one process with the same global batch

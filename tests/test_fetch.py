@@ -15,7 +15,7 @@ import pytest
 import requests
 
 import gpty2_wiki as g
-from helpers import SCRIPT, TINY, run
+from helpers import SCRIPT, TINY, in_process, run
 from wiki_server import WikiServer, load_pages
 
 UA = "gpty2_wiki-tests/1.0 (tests@example.invalid)"
@@ -405,12 +405,11 @@ def test_a_fetch_that_brings_nothing_new_gives_up(how, tmp_path):
 
 # --- command line, end to end -------------------------------------------------------------------------
 
-def test_cli_fetch_only_builds_the_cache_then_fetches_only_the_shortfall(big_server, tmp_path):
+def test_cli_fetch_only_builds_the_cache_then_fetches_only_the_shortfall(big_server, tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     path = str(data / "articles.jsonl")
-    r = run(fetch_args(big_server.url, data, 60), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "corpus: 60 articles" in r.stdout and "Traceback" not in r.stderr
+    rc, out, err = in_process(fetch_args(big_server.url, data, 60), tmp_path, monkeypatch, capsys)
+    assert rc == 0 and "corpus: 60 articles" in out, err
     lines = lines_of(path)
     assert len(lines) == 60
     recs = [json.loads(line) for line in lines]
@@ -421,12 +420,12 @@ def test_cli_fetch_only_builds_the_cache_then_fetches_only_the_shortfall(big_ser
     assert n1 <= math.ceil(60 / 15)
     assert set(big_server.user_agents) == {g.USER_AGENT} and big_server.gzip_requests == n1
 
-    r = run(fetch_args(big_server.url, data, 80), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    rc, out, err = in_process(fetch_args(big_server.url, data, 80), tmp_path, monkeypatch, capsys)
+    assert rc == 0, err
     lines2 = lines_of(path)
     assert len(lines2) == 80 and lines2[:60] == lines
     assert big_server.count - n1 <= math.ceil(20 / 15)
-    assert "fetching 20 articles" in r.stdout and "60 already cached" in r.stdout
+    assert "fetching 20 articles" in out and "60 already cached" in out
 
 
 def test_cli_wikipedia_source_with_a_closed_port_fails_in_one_line(tmp_path):
@@ -528,13 +527,12 @@ def test_a_killed_fetch_leaves_a_good_cache_and_the_next_run_fetches_the_shortfa
     assert big_server.count - n1 <= math.ceil((60 - len(lines)) / 15)
 
 
-def test_training_end_to_end_against_the_mock(big_server, tmp_path):
+def test_training_end_to_end_against_the_mock(big_server, tmp_path, monkeypatch, capsys):
     args = ["--data-source", "wikipedia", "--wiki-api-url", big_server.url, "--num-articles", "60",
             "--max-iters", "10", "--eval-interval", "5", "--out-dir", str(tmp_path / "out"),
             "--data-dir", str(tmp_path / "data"), *TINY, "--max-answer-chars", "40"]
-    # One thread: on a two-core runner, a model this small only loses time to thread hand-offs.
-    r = run(args, cwd=tmp_path, timeout=120, env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rc, out, err = in_process(args, tmp_path, monkeypatch, capsys)
+    assert rc == 0, out[-2000:] + err[-2000:]
     assert (tmp_path / "out" / "model.pt").is_file()
     assert len(lines_of(str(tmp_path / "data" / "articles.jsonl"))) == 60
-    assert big_server.count <= math.ceil(60 / 15) and "Traceback" not in r.stderr
+    assert big_server.count <= math.ceil(60 / 15)

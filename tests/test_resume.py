@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpty2_wiki as g
-from helpers import ROOT, SCRIPT, TINY, run
+from helpers import ROOT, SCRIPT, TINY, in_process, run
 
 RUN = ["--data-source", "offline", "--num-articles", "200", "--eval-interval", "50", "--checkpoint-interval", "10",
        *TINY]
@@ -38,20 +38,20 @@ def final_weights(d):
     return torch.load(os.path.join(d, "out", "ckpt.pt"), weights_only=True)
 
 
-def test_kill_and_resume_is_bit_exact(tmp_path):
+def test_kill_and_resume_is_bit_exact(tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     args = RUN + ["--max-iters", "100", "--dropout", "0.1", "--optimizer", "muon"]  # dropout and Muon's state too
-    assert run(args, cwd=a, timeout=300).returncode == 0
-    p = start(args, b)
+    assert in_process(args, a, monkeypatch, capsys)[0] == 0  # the reference, never interrupted
+    p = start(args, b)  # a real process, killed for real
     wait_for_checkpoint(b / "out" / "ckpt.pt", p, 20)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL  # it really died mid-run
     killed_at = torch.load(b / "out" / "ckpt.pt", weights_only=True)["iter"]
     assert killed_at < 100
-    r = run(args + ["--resume"], cwd=b, timeout=300)
-    assert r.returncode == 0 and f"resuming from out/ckpt.pt at step {killed_at}" in r.stdout, r.stdout + r.stderr
+    rc, out, err = in_process(args + ["--resume"], b, monkeypatch, capsys)
+    assert rc == 0 and f"resuming from out/ckpt.pt at step {killed_at}" in out, out + err
     ka, kb = final_weights(a), final_weights(b)
     assert ka["iter"] == kb["iter"] == 100 and ka["choice"]["optimizer"] == "muon"
     for name, t in ka["model"].items():
@@ -64,13 +64,14 @@ def questions_at_each_evaluation(samples):
     return [[line for line in b.splitlines() if line.startswith("Q: ")] for b in blocks]
 
 
-def test_resume_refuses_a_changed_shape_and_reports_changed_settings(tmp_path):
-    assert run(RUN + ["--max-iters", "20", "--eval-interval", "10"], cwd=tmp_path).returncode == 0
+def test_resume_refuses_a_changed_shape_and_reports_changed_settings(tmp_path, monkeypatch, capsys):
+    assert in_process(RUN + ["--max-iters", "20", "--eval-interval", "10"], tmp_path, monkeypatch, capsys)[0] == 0
     with pytest.raises(g.UserError, match="cannot resume: .*n_layer: 2 -> 3"):
         g.train(g.make_config(g.build_parser().parse_args(RUN + ["--max-iters", "20", "--n-layer", "3",
                                                                  "--out-dir", str(tmp_path / "out")])), resume=True)
-    r = run(RUN + ["--max-iters", "30", "--eval-interval", "10", "--learning-rate", "1e-3", "--resume"], cwd=tmp_path)
-    assert r.returncode == 0 and "max_iters 20 -> 30" in r.stdout and "learning_rate" in r.stdout
+    rc, out, _ = in_process(RUN + ["--max-iters", "30", "--eval-interval", "10", "--learning-rate", "1e-3", "--resume"],
+                            tmp_path, monkeypatch, capsys)
+    assert rc == 0 and "max_iters 20 -> 30" in out and "learning_rate" in out
     assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter"] == 30
     asked = questions_at_each_evaluation((tmp_path / "out" / "samples.txt").read_text())
     assert len(asked) == 5 and all(q == asked[0] for q in asked)  # steps 0, 10, 20, then 20 and 30 resumed
