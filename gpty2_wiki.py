@@ -1416,6 +1416,15 @@ def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: floa
                 CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * interval * evals / cfg["MAX_ITERS"])))
 
 
+def replan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: float, elapsed: float) -> dict:
+    """A planned run re-fitted at an evaluation, at the speed since the last one: a shared machine's
+    speed drifts by a quarter over minutes. Only MAX_ITERS moves (the schedule follows it); one round only."""
+    evals = math.ceil((cfg["MAX_ITERS"] - done) / cfg["EVAL_INTERVAL"])  # still to come, the last one included
+    left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * eval_seconds
+    return dict(MAX_ITERS=done + max(1, int(left / seconds_per_step)), EVAL_INTERVAL=cfg["EVAL_INTERVAL"],
+                CHECKPOINT_INTERVAL=cfg["CHECKPOINT_INTERVAL"])
+
+
 def train_step(model, optimizers, scaler, ids, starts, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
     """One optimizer step over GRADIENT_ACCUMULATION_STEPS micro-batches; DDP synchronises the
     gradients on the last one only. Returns the last micro-batch's loss."""
@@ -1552,7 +1561,7 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
     tokens_per_step = cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"] * cfg["GRADIENT_ACCUMULATION_STEPS"] * world
     fpt, peak = flops_per_token(raw_model.config, raw_model.num_params()), peak_flops(device)
     planning = cfg["TIME_BUDGET"] > 0 and state["plan"] is None
-    stop, round_, row, eval_seconds = StopFlag(), -1, {}, 0.0
+    stop, round_, row, eval_seconds, replanning, it_probe = StopFlag(), -1, {}, 0.0, False, start
     bar = progress(total=cfg["MAX_ITERS"] * cfg["ROUNDS"], initial=start, unit="step", desc="train", disable=not master)
     t_log = t_probe = time.time()
     it = it_log = start
@@ -1573,8 +1582,12 @@ def training_loop(model, raw_model, optimizers, scaler, autocast, batch_gen, cfg
                 break
             if planning and it - start == 30:  # 20 steps timed, the same step on every rank (the plan is shared)
                 fix_plan(cfg, state, it, (time.time() - t_probe) / (it - start - 10), eval_seconds, world, master)
-                planning, bar.total = False, cfg["MAX_ITERS"] * cfg["ROUNDS"]
+                planning, replanning, bar.total = False, cfg["ROUNDS"] == 1, cfg["MAX_ITERS"] * cfg["ROUNDS"]
+                t_probe, it_probe = time.time(), it
                 continue
+            if replanning and it > it_probe and it % cfg["EVAL_INTERVAL"] == 0:  # just evaluated: the speed since
+                fix_plan(cfg, state, it, (time.time() - t_probe) / (it - it_probe), eval_seconds, world, master, True)
+                bar.total, t_probe, it_probe = cfg["MAX_ITERS"], time.time(), it
             if it > start and not planning and (it % cfg["CHECKPOINT_INTERVAL"] == 0 or it % cfg["EVAL_INTERVAL"] == 0):
                 save_checkpoint(ckpt_path, raw_model, optimizers, scaler, it, state, cfg, batch_gen, master)
             if stop.requested(world):  # Ctrl-C lands here, between steps, where the state is whole
@@ -1630,17 +1643,20 @@ def start_round(cfg, round_, it, rank, world, state, model, device, planning):
     return data, qa_sets
 
 
-def fix_plan(cfg, state, it, seconds_per_step, eval_seconds, world, master) -> None:
-    """TIME_BUDGET: decide the step count on rank 0, share it, and apply it to cfg (kept in state,
-    hence in every checkpoint)."""
-    plan = [plan_steps(cfg, it, seconds_per_step, eval_seconds, time.time() - state["t_start"])]
+def fix_plan(cfg, state, it, seconds_per_step, eval_seconds, world, master, again=False) -> None:
+    """TIME_BUDGET: decide the step count on rank 0 (again: re-fit it), share it, and apply it to cfg
+    (kept in state, hence in every checkpoint: --resume continues the last plan as it stands)."""
+    plan = [(replan_steps if again else plan_steps)(cfg, it, seconds_per_step, eval_seconds,
+                                                    time.time() - state["t_start"])]
     if world > 1:
         torch.distributed.broadcast_object_list(plan, src=0)
-    state["plan"] = plan[0]
+    before, state["plan"] = cfg["MAX_ITERS"], plan[0]
     cfg.update(plan[0])
-    if master:
+    if master and not again:
         log(f"time budget {cfg['TIME_BUDGET']:g} minutes: {cfg['MAX_ITERS'] * cfg['ROUNDS']} steps at "
             f"{seconds_per_step:.3f} s/step, evaluating every {cfg['EVAL_INTERVAL']} ({eval_seconds:.1f} s each)")
+    elif master and cfg["MAX_ITERS"] != before:
+        log(f"time budget: {cfg['MAX_ITERS']} steps now ({seconds_per_step:.3f} s/step since the last evaluation)")
 
 
 def check_replicas(model, world, master) -> None:
