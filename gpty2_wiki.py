@@ -7,6 +7,8 @@ and train a character-level GPT (nanoGPT-style) on that Q&A text. One file, read
     python gpty2_wiki.py                               # the full model (wants a GPU)
     python gpty2_wiki.py --ask "Who is Ada Lovelace?"  # answer with out/model.pt
     python gpty2_wiki.py --serve                       # ask it in a browser, answers streamed
+    python gpty2_wiki.py --preset recall               # ~10 minutes to learn ~450 articles by heart
+    python gpty2_wiki.py --eval                        # what it knows: recall, val similarity, val loss
     python gpty2_wiki.py --fetch-only                  # only build data/articles.jsonl
     python gpty2_wiki.py --resume                      # continue from out/ckpt.pt
     torchrun --standalone --nproc_per_node=8 gpty2_wiki.py   # data parallel
@@ -2047,9 +2049,10 @@ border-radius:6px}#card,#seen,#status,footer{font-size:.85rem;color:#666}footer{
 it does not know facts.</footer>
 <script>
 const $ = id => document.getElementById(id);
-let asking = null;
+let asking = null, recall = null;
 async function card(first) {  // the model answering now: a run may have saved a newer one
   const c = await (await fetch("/api/card")).json();
+  recall = c.recall;
   $("card").textContent = `${c.file}: ${(c.parameters / 1e6).toFixed(2)}M parameters (${c.shape}), step ${c.step}` +
     (c.val_loss == null ? "" : `, val loss ${c.val_loss.toFixed(3)} nats/char`) +
     (c.recall == null ? "" : `, recall ${Math.round(100 * c.recall)}%`) +
@@ -2060,7 +2063,8 @@ function show(e) {
   if (e.queued) $("status").textContent = "waiting: another answer is being written";
   if ("step" in e) $("status").textContent = `writing, with the model of step ${e.step}...`;
   if ("seen" in e && e.seen != null) $("seen").textContent = e.seen ?
-    "Its subject is among the training articles: the answer may be recalled." :
+    "Its subject is among the training articles: " + (recall == null ? "the answer may be recalled." :
+      `the model recalled ${Math.round(100 * recall)}% of those it was tested on.`) :
     "Its subject is not among the training articles: the answer is invented.";
   if (e.text) $("answer").textContent += e.text;
   if (e.done) $("status").textContent = `${e.chars} characters in ${e.seconds} s`;
