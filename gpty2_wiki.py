@@ -29,7 +29,7 @@ import re
 import sys
 import time
 import unicodedata
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 
@@ -1838,9 +1838,8 @@ def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, batch_gen, 
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:
-    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it),
-    loaded safely (weights_only=True: no code in it can run), or a UserError that says in one line
-    what is wrong with it."""
+    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it), loaded
+    safely (weights_only=True: no code in it can run), or a UserError that says in one line what is wrong with it."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train a model first (python gpty2_wiki.py --preset cpu)")
     ck = read_safetensors(path) if path.endswith(".safetensors") else read_torch(path, device)
@@ -2218,10 +2217,8 @@ def make_server(cfg: dict, model_path: str):
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
 
         def handle(self):
-            try:
+            with suppress(ConnectionError):  # a page closed while it was being sent
                 super().handle()
-            except ConnectionError:  # a page closed while it was being sent
-                pass
 
         def log_message(self, format, *args):  # no line per request: LiveModel logs one per answer
             pass
