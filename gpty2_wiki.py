@@ -20,6 +20,7 @@ Every UPPER_CASE constant below is the configuration; each is also a --kebab-cas
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import re
 import sys
 import time
 import unicodedata
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 
@@ -444,13 +445,8 @@ def offline_records(n: int, seed: int, answer_chars: int = ANSWER_CHARS, min_cha
     formatted as it takes: a small corpus is quick)."""
     articles = load_offline_articles()
     random.Random(seed).shuffle(articles)
-    records = []
-    for a in articles:
-        if len(records) == n:
-            break
-        r = qa_record(a, answer_chars, min_chars)
-        records += [r] if r else []
-    return records
+    records = (qa_record(a, answer_chars, min_chars) for a in articles)  # lazily: islice stops at the n-th
+    return list(itertools.islice(filter(None, records), n))
 
 
 # -----------------------------------------------------------------------------
@@ -612,14 +608,14 @@ magician model socialite courtesan concubine heir heiress noblewoman nobleman ar
 theorist pioneer alchemist astrologer physiologist pathologist neurologist geneticist microbiologist
 biochemist virologist epidemiologist pharmacologist logician statistician programmer computer scientist
 deity god goddess demigod hero heroine character protagonist detective spy sage disciple patriarch matriarch
-samurai shogun daimyo chanyu pharaoh priestess sovereign
+samurai shogun daimyo chanyu priestess sovereign
 wife husband son daughter mother father brother sister""".split())
 THING_NOUNS = set("""band group duo trio quartet family dynasty house clan tribe people peoples nation ethnic film
 movie novel book novella poem play opera ballet album song single series franchise show game company
 corporation brand team club party organization organisation agency institution university school college
 church religion movement ship vessel aircraft car painting sculpture statue artwork symphony concerto
-comet asteroid planet moon star element unit award prize title office position rank dynasty empire kingdom
-era period war battle event festival holiday disease species genus family language script style
+comet asteroid planet moon star element unit award prize title office position rank empire kingdom
+era period war battle event festival holiday disease species genus language script style
 association confederation federation league alliance union council assembly parliament government society""".split())
 PLACE_NOUNS = set("""country city town village capital metropolis municipality commune borough county district
 province prefecture region state territory island islands archipelago peninsula continent ocean sea gulf bay
@@ -853,10 +849,9 @@ class KVCache:
         self.pos = 0  # positions filled; advanced after the last layer has written
 
     def update(self, layer, k, v):
-        T = k.size(2)
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        end = self.pos + T
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
         if layer == self.k.size(0) - 1:
             self.pos = end
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -1450,10 +1445,8 @@ def train_step(model, optimizers, scaler, ids, starts, batch_gen, cfg, device, a
 
 def log_progress(metrics, bar, it, total, loss, lr, tok_s, eta, mfu, elapsed) -> None:
     """One metrics row every LOG_INTERVAL steps; a log line too when there is no progress bar."""
-    row = dict(iter=it, train_loss=loss, lr=lr, tokens_per_s=round(tok_s), elapsed=round(elapsed, 2))
-    if mfu is not None:
-        row["mfu"] = mfu
-    metrics.add(row)
+    metrics.add(dict(iter=it, train_loss=loss, lr=lr, tokens_per_s=round(tok_s), elapsed=round(elapsed, 2),
+                     **({} if mfu is None else dict(mfu=mfu))))
     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
     if bar.disable:
         log(f"step {it}/{total}: loss {loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
@@ -1706,8 +1699,10 @@ class StopFlag:
 
     def __init__(self):
         import signal
+        import threading
         self.signal, self.stop = signal, False
-        self.previous = signal.signal(signal.SIGINT, self._handle) if _main_thread() else None
+        main = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+        self.previous = signal.signal(signal.SIGINT, self._handle) if main else None
 
     def _handle(self, signum, frame):
         if self.stop:
@@ -1724,11 +1719,6 @@ class StopFlag:
     def restore(self):
         if self.previous is not None:
             self.signal.signal(self.signal.SIGINT, self.previous)
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def progress(**kwargs):
@@ -1848,9 +1838,8 @@ def save_checkpoint(path, model, optimizers, scaler, it, state, cfg, batch_gen, 
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:
-    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it),
-    loaded safely (weights_only=True: no code in it can run), or a UserError that says in one line
-    what is wrong with it."""
+    """A checkpoint or model file (model.pt, or model.safetensors with the config.json beside it), loaded
+    safely (weights_only=True: no code in it can run), or a UserError that says in one line what is wrong with it."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train a model first (python gpty2_wiki.py --preset cpu)")
     ck = read_safetensors(path) if path.endswith(".safetensors") else read_torch(path, device)
@@ -1895,21 +1884,17 @@ def first_line(e: Exception) -> str:
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
 
-def model_from_checkpoint(ck: dict, path: str) -> GPTLanguageModel:
-    try:
-        model = GPTLanguageModel(GPTConfig(**ck["config"]))
-        model.load_state_dict(ck["model"])
-    except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path} does not fit this version's model ({first_line(e)})") from None
-    return model
-
-
 def load_model(path: str = os.path.join(OUT_DIR, "model.pt"), device: str = "cpu") -> GPTLanguageModel:
     """The trained model from model.pt, model.safetensors (with its config.json) or ckpt.pt, in eval
     mode, ready for ask(). model.meta holds the rest of the file: iter, val_loss and, from newer
     files, train_titles, qa_eval and recall."""
     ck = load_checkpoint(path, device)
-    model = model_from_checkpoint(ck, path).to(device).eval()
+    try:
+        model = GPTLanguageModel(GPTConfig(**ck["config"]))
+        model.load_state_dict(ck["model"])
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"{path} does not fit this version's model ({first_line(e)})") from None
+    model = model.to(device).eval()
     model.meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "rng")}
     return model
 
@@ -2232,10 +2217,8 @@ def make_server(cfg: dict, model_path: str):
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
 
         def handle(self):
-            try:
+            with suppress(ConnectionError):  # a page closed while it was being sent
                 super().handle()
-            except ConnectionError:  # a page closed while it was being sent
-                pass
 
         def log_message(self, format, *args):  # no line per request: LiveModel logs one per answer
             pass
@@ -2317,11 +2300,10 @@ def make_config(args: argparse.Namespace) -> dict:
     cfg = config_defaults()
     cfg.update(PRESETS.get(getattr(args, "preset", None), {}))
     cfg.update({k: v for k, v in vars(args).items() if k.isupper()})
-    positive = ["NUM_ARTICLES", "ROUNDS", "ANSWER_CHARS", "FETCH_BATCH", "N_LAYER", "N_HEAD", "N_EMBD", "BLOCK_SIZE",
-                "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "MAX_ITERS", "LEARNING_RATE", "EVAL_INTERVAL",
-                "EVAL_ITERS", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT",
-                "MUON_LR", "QA_EVAL", "QA_CHARS", "QA_OPENING"]
-    for k in positive:
+    for k in ("NUM_ARTICLES", "ROUNDS", "ANSWER_CHARS", "FETCH_BATCH", "N_LAYER", "N_HEAD", "N_EMBD", "BLOCK_SIZE",
+              "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "MAX_ITERS", "LEARNING_RATE", "EVAL_INTERVAL", "EVAL_ITERS",
+              "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "MAX_ANSWER_CHARS", "CONNECT_TIMEOUT", "READ_TIMEOUT", "MUON_LR",
+              "QA_EVAL", "QA_CHARS", "QA_OPENING"):
         if not cfg[k] > 0:
             raise UserError(f"--{k.lower().replace('_', '-')} must be positive, not {cfg[k]}")
     for k in ("ARTICLES_PER_ROUND", "MIN_ANSWER_CHARS", "MAXLAG", "HTTP_RETRIES", "RETRY_BACKOFF", "WARMUP_ITERS",
