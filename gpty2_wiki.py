@@ -1166,9 +1166,13 @@ def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forc
     return dict(chosen, rates=rates, why=why)
 
 
-def measure_attention(device: torch.device, config: GPTConfig, batch: int, dtype: torch.dtype) -> tuple[str, str]:
+def measure_attention(device: torch.device, config: GPTConfig, batch: int, dtype: torch.dtype,
+                      override: str = "auto") -> tuple[str, str]:
     """("baddbmm" | "sdpa", why): the faster attention for training here, by timing one layer's
-    forward and backward both ways at the model's shape (on CPUs SDPA's backward can be slow)."""
+    forward and backward both ways at the model's shape (on CPUs SDPA's backward can be slow),
+    unless override (ATTENTION) names one."""
+    if override != "auto":
+        return override, f"attention {override} (--attention)"
     torch.manual_seed(0)
     attn = CausalSelfAttention(config).to(device)
     x = torch.randn(min(batch, 8), config.block_size, config.n_embd, device=device, requires_grad=True)
@@ -1400,14 +1404,19 @@ def evaluate(model, raw_model, data, qa_sets, cfg, device, choice, it, last, sta
     return row
 
 
+def steps_that_fit(cfg: dict, seconds_per_step: float, evals: int, eval_seconds: float, elapsed: float) -> int:
+    """Steps (at least one) that fit in what is left of 92% of TIME_BUDGET after `evals` evaluations:
+    a shared machine's speed drifts by about 8% within a run, even between re-fits."""
+    left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * eval_seconds
+    return max(1, int(left / seconds_per_step))
+
+
 def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: float, elapsed: float) -> dict:
-    """TIME_BUDGET -> the run's steps: as many as fit in what is left of it (less 8%: a shared machine's
-    speed drifts by about that much) at the measured speed, after as many evaluations as MAX_ITERS / EVAL_INTERVAL would
-    make, the last one at the last step. The checkpoint interval scales with the step count. Fixed
-    once, stored in the checkpoint, kept by --resume."""
+    """TIME_BUDGET -> the run's steps: as many as fit at the measured speed, after as many evaluations
+    as MAX_ITERS / EVAL_INTERVAL would make, the last one at the last step. The checkpoint interval
+    scales with the step count. Stored in the checkpoint, kept by --resume."""
     evals = max(1, round(cfg["MAX_ITERS"] / cfg["EVAL_INTERVAL"]))  # per round
-    left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * cfg["ROUNDS"] * eval_seconds
-    total = done + max(1, int(left / seconds_per_step))
+    total = done + steps_that_fit(cfg, seconds_per_step, evals * cfg["ROUNDS"], eval_seconds, elapsed)
     interval = math.ceil(total / (cfg["ROUNDS"] * evals))  # rounded up: never fewer steps than done already
     return dict(MAX_ITERS=interval * evals, EVAL_INTERVAL=interval,
                 CHECKPOINT_INTERVAL=max(1, round(cfg["CHECKPOINT_INTERVAL"] * interval * evals / cfg["MAX_ITERS"])))
@@ -1417,9 +1426,8 @@ def replan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: fl
     """A planned run re-fitted at an evaluation, at the speed since the last one: a shared machine's
     speed drifts by a quarter over minutes. Only MAX_ITERS moves (the schedule follows it); one round only."""
     evals = math.ceil((cfg["MAX_ITERS"] - done) / cfg["EVAL_INTERVAL"])  # still to come, the last one included
-    left = 0.92 * cfg["TIME_BUDGET"] * 60 - elapsed - evals * eval_seconds
-    return dict(MAX_ITERS=done + max(1, int(left / seconds_per_step)), EVAL_INTERVAL=cfg["EVAL_INTERVAL"],
-                CHECKPOINT_INTERVAL=cfg["CHECKPOINT_INTERVAL"])
+    return dict(MAX_ITERS=done + steps_that_fit(cfg, seconds_per_step, evals, eval_seconds, elapsed),
+                EVAL_INTERVAL=cfg["EVAL_INTERVAL"], CHECKPOINT_INTERVAL=cfg["CHECKPOINT_INTERVAL"])
 
 
 def train_step(model, optimizers, scaler, ids, starts, batch_gen, cfg, device, autocast, world) -> torch.Tensor:
@@ -1483,8 +1491,8 @@ def hardware_choice(cfg, config, device, n_params, distributed, ck) -> dict:
     if not distributed or torch.distributed.get_rank() == 0:
         precision = measure_precision(device, config, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], cfg["DTYPE"])
         optimizer, why = choose_optimizer(cfg, config, precision, cfg["BATCH_SIZE"] * cfg["BLOCK_SIZE"], n_params)
-        attention, why_attention = (measure_attention(device, config, cfg["BATCH_SIZE"], precision["train"])
-                                    if cfg["ATTENTION"] == "auto" else (cfg["ATTENTION"], f"attention {cfg['ATTENTION']} (--attention)"))
+        attention, why_attention = measure_attention(device, config, cfg["BATCH_SIZE"], precision["train"],
+                                                     cfg["ATTENTION"])
         box = [dict({k: dtype_name(precision[k]) for k in ("train", "muon", "sample")}, optimizer=optimizer,
                     attention=attention, why=f"precision {precision['why']}; optimizer {why}; {why_attention}")]
     if distributed:
@@ -2338,10 +2346,13 @@ def ask_loop(cfg: dict, question: str, model_path: str) -> None:
 
     def answer(q):
         text = ask(model, q, cfg["TEMPERATURE"], cfg["TOP_K"], cfg["MAX_ANSWER_CHARS"], generator, autocast)
-        seen, n, recall = seen_in_training(model, q), len(model.meta.get("train_titles") or []), model.meta.get("recall")
+        seen, recall = seen_in_training(model, q), model.meta.get("recall")
+        if seen is None:  # an older model file: it does not say what it read
+            return text
         why = ("the answer is invented" if not seen else "the answer may be recalled" if recall is None
                else f"it recalled {recall:.0%} of those it was tested on")  # a 10,000-article model recalls ~none
-        return text + ("" if seen is None else f"\n[{'among' if seen else 'not among'} the {n:,} training articles: {why}]")
+        n = len(model.meta["train_titles"])
+        return text + f"\n[{'among' if seen else 'not among'} the {n:,} training articles: {why}]"
     if question:
         print(answer(question))
         return
@@ -2374,7 +2385,8 @@ def eval_model(cfg: dict, model_path: str) -> dict:
                   val_similarity=qa["val"]["similarity"], val_loss=loss.item(), seconds=time.time() - t0)
     nt, nv = len(sets["train"]), len(sets["val"])
     rows = [(f"recall: train questions, first {cfg['QA_OPENING']} characters exact", f"{result['recall']:.1%} of {nt}"),
-            (f"train similarity (difflib ratio, first {cfg['QA_CHARS']} characters)", f"{result['train_similarity']:.3f}"),
+            (f"train similarity (difflib ratio, first {cfg['QA_CHARS']} characters)",
+             f"{result['train_similarity']:.3f}"),
             ("val openings exact (unseen articles)", f"{result['val_exact']:.1%} of {nv}"),
             ("val similarity (form and register, not facts)", f"{result['val_similarity']:.3f}"),
             (f"val loss on the {nv} val Q&A records", f"{result['val_loss']:.3f} nats/char "

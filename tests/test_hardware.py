@@ -98,7 +98,7 @@ def test_time_budget_fixes_the_steps_and_resume_keeps_them(tmp_path, monkeypatch
 
 def test_a_planned_run_is_refitted_to_the_speed_it_meets():
     cfg = dict(g.config_defaults(), TIME_BUDGET=10, MAX_ITERS=1000, EVAL_INTERVAL=200, CHECKPOINT_INTERVAL=100)
-    plan = g.plan_steps(cfg, 30, 0.5, 10.0, 20.0)  # (552 s - 20 s elapsed - 5 evaluations of 10 s) / 0.5 s: 964 more, in 5 intervals
+    plan = g.plan_steps(cfg, 30, 0.5, 10.0, 20.0)  # (552 s - 20 s - 5 evaluations of 10 s) / 0.5 s: 964 more
     assert plan["MAX_ITERS"] == 5 * plan["EVAL_INTERVAL"] and 30 + 482 / 0.5 <= plan["MAX_ITERS"] < 30 + 482 / 0.5 + 5
     cfg.update(plan)
     at = 2 * plan["EVAL_INTERVAL"]  # the second evaluation; three to come
