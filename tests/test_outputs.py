@@ -6,13 +6,12 @@ import sys
 import pytest
 
 import gpty2_wiki as g
-from helpers import TINY, run
+from helpers import TINY, in_process, run
 
 
 def test_metrics_and_samples_content(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # in this process: the training code is the same, the start-up is saved
-    rc = g.main(["--data-source", "offline", "--num-articles", "300", "--max-iters", "20", "--eval-interval", "10", *TINY])
-    stdout = capsys.readouterr().out
+    rc, stdout, _ = in_process(["--data-source", "offline", "--num-articles", "300", "--max-iters", "20",
+                                "--eval-interval", "10", *TINY], tmp_path, monkeypatch, capsys)
     assert rc == 0
     rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     evals = [m for m in rows if "val_loss" in m]
@@ -52,7 +51,6 @@ def test_wandb_offline(tmp_path):
 def test_wandb_missing_is_one_line(tmp_path, monkeypatch, capsys):
     if "wandb" in sys.modules or __import__("importlib").util.find_spec("wandb"):
         pytest.skip("wandb is installed")
-    monkeypatch.chdir(tmp_path)
-    rc = g.main(["--data-source", "offline", "--num-articles", "300", "--max-iters", "2", "--wandb-log", *TINY])
-    err = capsys.readouterr().err
+    rc, _, err = in_process(["--data-source", "offline", "--num-articles", "300", "--max-iters", "2", "--wandb-log",
+                             *TINY], tmp_path, monkeypatch, capsys)
     assert rc == 1 and "pip install wandb" in err and len(err.strip().splitlines()) == 1

@@ -3,19 +3,16 @@ import json
 
 import torch
 
-import gpty2_wiki as g
-from helpers import TINY
+from helpers import TINY, in_process
 from test_fetch import big_pool
 from wiki_server import WikiServer
 
 
 def test_two_rounds_grow_the_corpus_and_carry_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
     with WikiServer(pages=big_pool(10), seed=3) as server:
-        rc = g.main(["--data-source", "wikipedia", "--wiki-api-url", server.url, "--num-articles", "40",
-                     "--rounds", "2", "--articles-per-round", "20", "--max-iters", "10", "--eval-interval", "100",
-                     "--retry-backoff", "0", *TINY])
-    out = capsys.readouterr().out
+        rc, out, _ = in_process(["--data-source", "wikipedia", "--wiki-api-url", server.url, "--num-articles", "40",
+                                 "--rounds", "2", "--articles-per-round", "20", "--max-iters", "10",
+                                 "--eval-interval", "100", "--retry-backoff", "0", *TINY], tmp_path, monkeypatch, capsys)
     assert rc == 0, out[-2000:]
     assert "round 1/2" in out and "round 2/2" in out
     lines = (tmp_path / "data" / "articles.jsonl").read_text().splitlines()
