@@ -3,6 +3,7 @@
     python tests/bench_recipe.py                 # 5 minutes per recipe (about 16 minutes in all)
     python tests/bench_recipe.py --minutes 2     # shorter
     python tests/bench_recipe.py --preset cpu    # also the --preset cpu configuration, same budget
+    python tests/bench_recipe.py --break-even 1000   # AdamW for 1000 steps, Muon for 40-80% of them
 
 Not collected by pytest. The offline corpus in Q&A form, split by title hash; a 4-layer, 256-wide,
 block-128 model, batch 32, bf16 where the CPU has it. Each recipe first times a few steps to turn the
@@ -79,12 +80,28 @@ def run(name, cfg, seconds, per_step):
                 answer=row["val_answer_loss"], bpc=row["val_loss"] / math.log(2))
 
 
+def break_even(steps, fractions=(0.4, 0.5, 0.6, 0.8)):
+    """Muon given a fraction f of AdamW's steps, each with its whole schedule: where Muon still ends
+    lower, it pays at equal wall time whenever its Newton-Schulz products take under 1 - f of a step."""
+    cfg = {name: dict(g.config_defaults(), **BASE, **RECIPES[name]) for name in ("gpty2_wiki_adamw", "gpty2_wiki")}
+    rows = [run("gpty2_wiki_adamw", cfg["gpty2_wiki_adamw"], steps, 1.0)]
+    rows += [run("gpty2_wiki", cfg["gpty2_wiki"], int(steps * f), 1.0) for f in fractions]
+    print(f"\nEqual steps, seed {BASE['SEED']}; model 4x256, block 128, batch 32")
+    print(f"{'recipe':18s} {'steps':>6s} {'share':>6s} {'val loss':>9s}")
+    for r in rows:
+        print(f"{r['name']:18s} {r['iters']:6d} {r['iters'] / steps:6.0%} {r['val']:9.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget per recipe")
     ap.add_argument("--preset", action="append", default=[], help="also run a preset of gpty2_wiki (e.g. cpu)")
     ap.add_argument("--only", nargs="*", help="run only these recipes")
+    ap.add_argument("--break-even", type=int, metavar="STEPS", help="equal steps, not time: AdamW for STEPS, "
+                    "Muon for 40, 50, 60 and 80%% of them; the share of a step at which Muon stops paying")
     a = ap.parse_args()
+    if a.break_even:
+        return break_even(a.break_even)
     runs = {name: dict(g.config_defaults(), **BASE, **recipe) for name, recipe in RECIPES.items()
             if not a.only or name in a.only}
     runs.update({f"--preset {p}": dict(g.config_defaults(), **g.PRESETS[p], DATA_SOURCE="offline", EVAL_ITERS=100,
