@@ -107,3 +107,15 @@ def test_a_planned_run_is_refitted_to_the_speed_it_meets():
     assert g.replan_steps(cfg, at, 0.3, 10.0, 240.0)["MAX_ITERS"] > plan["MAX_ITERS"]  # a faster machine: more
     assert g.replan_steps(cfg, at, 0.5, 10.0, 900.0)["MAX_ITERS"] == at + 1  # past the budget: stop now
     assert slower["EVAL_INTERVAL"] == plan["EVAL_INTERVAL"]
+
+
+def test_bench_speed_ceiling_times_the_products_the_model_counts():
+    """tests/bench_speed.py's 'products alone' row must be the step's FLOPs: 6N + attention, less
+    the embeddings' share of 6N (lookups, not products); biases and gains are the rest, under 1%."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import bench_speed
+    config = g.GPTConfig(len(g.VOCAB), dropout=0.0, **bench_speed.SHAPE)
+    counted = g.flops_per_token(config, g.GPTLanguageModel(config).num_params()) * config.block_size
+    timed = sum(2 * a.numel() * b.shape[-1] for a, b in bench_speed.step_products(torch.device("cpu"), torch.float32, 1))
+    embeddings = 6 * (len(g.VOCAB) + config.block_size) * config.n_embd * config.block_size
+    assert abs(timed - (counted - embeddings)) < 0.01 * counted
