@@ -68,8 +68,7 @@ def step_time(cfg, steps=12, warmup=3):
     return statistics.median(times[warmup:])
 
 
-def run(name, cfg, seconds, per_step):
-    iters = max(50, int(seconds / per_step))
+def run(name, cfg, iters, per_step=float("nan")):
     with tempfile.TemporaryDirectory() as d:
         cfg = dict(cfg, MAX_ITERS=iters, EVAL_INTERVAL=iters, LOG_INTERVAL=max(1, iters // 10),
                    CHECKPOINT_INTERVAL=iters, OUT_DIR=d, ROUNDS=1)
@@ -84,8 +83,8 @@ def break_even(steps, fractions=(0.4, 0.5, 0.6, 0.8)):
     """Muon given a fraction f of AdamW's steps, each with its whole schedule: where Muon still ends
     lower, it pays at equal wall time whenever its Newton-Schulz products take under 1 - f of a step."""
     cfg = {name: dict(g.config_defaults(), **BASE, **RECIPES[name]) for name in ("gpty2_wiki_adamw", "gpty2_wiki")}
-    rows = [run("gpty2_wiki_adamw", cfg["gpty2_wiki_adamw"], steps, 1.0)]
-    rows += [run("gpty2_wiki", cfg["gpty2_wiki"], int(steps * f), 1.0) for f in fractions]
+    rows = [run("gpty2_wiki_adamw", cfg["gpty2_wiki_adamw"], steps)]
+    rows += [run("gpty2_wiki", cfg["gpty2_wiki"], max(1, int(steps * f))) for f in fractions]
     print(f"\nEqual steps, seed {BASE['SEED']}; model 4x256, block 128, batch 32")
     print(f"{'recipe':18s} {'steps':>6s} {'share':>6s} {'val loss':>9s}")
     for r in rows:
@@ -111,7 +110,8 @@ def main():
     for _ in range(3):
         for name, cfg in runs.items():
             times[name].append(step_time(cfg))
-    results = [run(name, cfg, a.minutes * 60, min(times[name])) for name, cfg in runs.items()]
+    results = [run(name, cfg, max(50, int(a.minutes * 60 / min(times[name]))), min(times[name]))
+               for name, cfg in runs.items()]
     ref = {r["name"]: r for r in results}
     precision = g.measure_precision(g.resolve_device("auto"), g.GPTConfig(n_embd=256, n_head=4, n_layer=4), 4096)
     print(f"\nSame data, same {a.minutes:g}-minute budget, seed {BASE['SEED']}; model 4x256, block 128, batch 32 "
