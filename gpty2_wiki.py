@@ -1090,16 +1090,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn, device: torch.device, reps: int = 5) -> float:
-    """Fastest of a few timed calls, after one untimed call (seconds)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
+def best_times(fns: list, device: torch.device, reps: int = 5) -> list[float]:
+    """Fastest of a few timed calls of each function (seconds), after one untimed call of each. The
+    functions take turns, so that a burst of load from elsewhere slows all of them, not one: with a
+    second job on the cores, one product alone was once timed 170x slower than its rival."""
+    for fn in fns:
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 
@@ -1130,26 +1134,33 @@ def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forc
         def run():
             with ctx:
                 F.linear(x, w)
-        return best_time(run, device)
+        return run
 
     def ns(dt):  # a Newton-Schulz product X^T-shaped: (C, 4C) @ (4C, C), in dt itself
         x = torch.randn(C, 4 * C, device=device, dtype=dt)
-        return best_time(lambda: x @ x.T, device)
+        return lambda: x @ x.T
 
     shapes = {"train": lambda dt: linear(min(tokens, 2048), dt), "muon": ns, "sample": lambda dt: linear(1, dt)}
     tokens_flops, ns_flops = 2 * min(tokens, 2048) * C * 4 * C, 2 * C * 4 * C * C
     if forced != "auto":
         dt = getattr(torch, forced)
-        rates = dict(train=tokens_flops / shapes["train"](dt), muon=ns_flops / shapes["muon"](dt))
-        return dict(train=dt, muon=dt, sample=dt, rates=rates, why=f"{forced} everywhere (--dtype)")
-    speed = {use: {f32: fn(f32)} for use, fn in shapes.items()}  # seconds per product
+        t_train, t_muon = best_times([shapes["train"](dt), shapes["muon"](dt)], device)
+        return dict(train=dt, muon=dt, sample=dt, rates=dict(train=tokens_flops / t_train, muon=ns_flops / t_muon),
+                    why=f"{forced} everywhere (--dtype)")
+    speed = {use: {f32: float("inf")} for use in shapes}  # seconds per product
     for dt in candidates:
         try:
-            probe = linear(256, dt) / linear(256, f32)  # an emulated dtype shows at once, on a small product
-            for use, fn in shapes.items():  # (and is not timed further: it would take seconds)
-                speed[use][dt] = fn(dt) if probe < 2 else probe * speed[use][f32]
+            f32_time, dt_time = best_times([linear(256, f32), linear(256, dt)], device)
+            emulated = dt_time > 2 * f32_time  # shows at once on a small product: not timed further (seconds)
+            timed = iter(best_times([fn(d) for fn in shapes.values() for d in ([f32] if emulated else [f32, dt])],
+                                    device))  # all in turn: a burst of load from elsewhere slows them alike
         except RuntimeError:  # not supported by this device at all
             continue
+        for use in shapes:
+            speed[use][f32] = min(speed[use][f32], next(timed))
+            speed[use][dt] = dt_time / f32_time * speed[use][f32] if emulated else next(timed)
+    if all(math.isinf(times[f32]) for times in speed.values()):  # no lower precision here at all
+        speed = {use: {f32: t} for use, t in zip(shapes, best_times([fn(f32) for fn in shapes.values()], device))}
     chosen, low = {}, [dt for dt in speed["train"] if dt != f32]
     for use, times in speed.items():
         fast = min(times, key=times.get)
@@ -1177,15 +1188,14 @@ def measure_attention(device: torch.device, config: GPTConfig, batch: int, dtype
     attn = CausalSelfAttention(config).to(device)
     x = torch.randn(min(batch, 8), config.block_size, config.n_embd, device=device, requires_grad=True)
 
-    def timed(path):
-        attn.attention = path
-
-        def step():
+    def step(path):
+        def run():
+            attn.attention = path
             with autocast_context(device, dtype):
                 y = attn(x)
             y.float().sum().backward()
-        return best_time(step, device, reps=3)
-    t = {path: timed(path) for path in ("baddbmm", "sdpa")}
+        return run
+    t = dict(zip(("baddbmm", "sdpa"), best_times([step("baddbmm"), step("sdpa")], device, reps=3)))
     fast, slow = ("baddbmm", "sdpa") if t["baddbmm"] * 1.1 < t["sdpa"] else ("sdpa", "baddbmm")  # a tie: SDPA
     return fast, f"attention {fast} ({t[slow] / t[fast]:.2g}x {slow}'s speed here)"
 

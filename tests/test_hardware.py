@@ -119,3 +119,10 @@ def test_bench_speed_ceiling_times_the_products_the_model_counts():
     timed = sum(2 * a.numel() * b.shape[-1] for a, b in bench_speed.step_products(torch.device("cpu"), torch.float32, 1))
     embeddings = 6 * (len(g.VOCAB) + config.block_size) * config.n_embd * config.block_size
     assert abs(timed - (counted - embeddings)) < 0.01 * counted
+
+
+def test_rival_timings_take_turns():
+    """best_times alternates its functions, so that load from elsewhere cannot land on one alone."""
+    calls = []
+    times = g.best_times([lambda: calls.append("a"), lambda: calls.append("b")], torch.device("cpu"), reps=3)
+    assert calls == ["a", "b"] * 4 and len(times) == 2 and all(0 <= t < 1 for t in times)
