@@ -1147,7 +1147,7 @@ def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forc
         t_train, t_muon = best_times([shapes["train"](dt), shapes["muon"](dt)], device)
         return dict(train=dt, muon=dt, sample=dt, rates=dict(train=tokens_flops / t_train, muon=ns_flops / t_muon),
                     why=f"{forced} everywhere (--dtype)")
-    speed = {use: {f32: float("inf")} for use in shapes}  # seconds per product
+    speed = {use: {} for use in shapes}  # seconds per product
     for dt in candidates:
         try:
             f32_time, dt_time = best_times([linear(256, f32), linear(256, dt)], device)
@@ -1157,9 +1157,9 @@ def measure_precision(device: torch.device, config: GPTConfig, tokens: int, forc
         except RuntimeError:  # not supported by this device at all
             continue
         for use in shapes:
-            speed[use][f32] = min(speed[use][f32], next(timed))
+            speed[use][f32] = min(speed[use].get(f32, float("inf")), next(timed))
             speed[use][dt] = dt_time / f32_time * speed[use][f32] if emulated else next(timed)
-    if all(math.isinf(times[f32]) for times in speed.values()):  # no lower precision here at all
+    if not speed["train"]:  # no lower precision ran here at all
         speed = {use: {f32: t} for use, t in zip(shapes, best_times([fn(f32) for fn in shapes.values()], device))}
     chosen, low = {}, [dt for dt in speed["train"] if dt != f32]
     for use, times in speed.items():
