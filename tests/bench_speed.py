@@ -252,7 +252,7 @@ def bench_training(device, batch, rounds, choice, warmup=2):
     peak_dtype = max(rates, key=rates.get)
     peak, typical = rates[peak_dtype], big_flops / statistics.median(times["big"])
     n = n_params(variants["model"][0])
-    fpt = 6 * n + 12 * SHAPE["n_layer"] * SHAPE["block_size"] * SHAPE["n_embd"]
+    fpt = g.flops_per_token(g.GPTConfig(len(g.VOCAB), **SHAPE), n)
     tokens = batch * SHAPE["block_size"]
     tr, mu = g.dtype_name(precision["train"]), g.dtype_name(precision["muon"])
     print(f"\n1. Training, original shape, batch {batch}, median of {rounds} steps ({device}, "
