@@ -1090,6 +1090,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def keep_freed_memory() -> bool:
+    """Keep freed tensors' memory in the process's heap. glibc gives every block over 32 MB back to
+    the kernel when it is freed, so a CPU step page-faults its large activations in again each time:
+    a fifth of a batch-64 bf16 step on 2 AMX cores (2.15 s -> 1.70 s; no page faults left in a step).
+    Linux with glibc only; False elsewhere. Freed memory then stays with the process until it ends."""
+    import ctypes
+    import platform
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from malloc.h: never trim the heap's top; no mmap'd blocks
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def best_times(fns: list, device: torch.device, reps: int = 5) -> list[float]:
     """Fastest of a few timed calls of each function (seconds), after one untimed call of each. The
     functions take turns, so that a burst of load from elsewhere slows all of them, not one: with a
@@ -1480,6 +1494,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = resolve_device(cfg["DEVICE"], local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
     if distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -18,7 +18,8 @@ median of several is used.
    per token (6N + 12 L T C) x tokens/s over the best native rate of a 2048^3 product measured in
    this run (fp32 or bf16); "MFU now" over the median rate of 2048^3 products timed between the
    steps, since a shared VM's rate moves by 2x between stretches of a minute. The step's matrix
-   products are also timed alone. Dropout is 0 in all, so all compute the same function.
+   products are also timed alone. Dropout is 0 in all, so all compute the same function. On a CPU
+   every variant keeps freed memory in the heap (gpty2_wiki.keep_freed_memory, as its training does).
 2. Peak memory of one training step at batch 64, each variant in a fresh process.
 3. Generating 500 characters from a one-character prompt: recompute the window every step vs the KV cache.
 4. On a GPU: wall time of the original's full run (5000 steps, batch 64, block 256).
@@ -353,6 +354,7 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", help="part 1's batch sizes (CPU: 16 and BATCH_SIZE; GPU: BATCH_SIZE)")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    kept = g.resolve_device(a.memory_child[1] if a.memory_child else a.device).type == "cpu" and g.keep_freed_memory()
     if a.memory_child:
         memory_child(a.memory_child[0], a.memory_child[1], int(a.memory_child[2]))
         return
@@ -364,7 +366,8 @@ def main():
     caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu} (flags: {' '.join(flags)}; "
           f"ATen capability {torch.backends.cpu.get_cpu_capability()}" + (f"; capped by {caps}" if caps else "") + ")"
-          + (f", GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+          + (f", GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+          + ("; every variant keeps freed memory in the heap, as gpty2_wiki's training does" if kept else ""))
     for batch in a.batch or ([g.BATCH_SIZE] if device.type == "cuda" else [16, g.BATCH_SIZE]):
         bench_training(device, batch, rounds=3 if a.quick else 7, choice=default_choice(device, batch))
     bench_memory(device)

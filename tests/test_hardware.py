@@ -25,6 +25,29 @@ def test_without_native_bf16_everything_runs_in_float32():
     assert why.startswith("float32: bfloat16") and "slower here" in why
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_stays_in_the_heap_so_a_step_does_not_page_fault_it_in_again():
+    code = ("import resource, sys, torch, gpty2_wiki as g\n"
+            "kept = len(sys.argv) > 1 and g.keep_freed_memory()\n"
+            "faults = []\n"
+            "for _ in range(5):  # 64 MB tensors, like a step's activations: over glibc's 32 MB mmap limit\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    x = torch.ones(16 * 2 ** 20)\n"
+            "    (x + x * 2).sum()\n"
+            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+            "print(kept, faults[-1])\n")
+    out = {}
+    for keep in (False, True):
+        r = subprocess.run([sys.executable, "-c", code] + ["keep"] * keep, capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 0, r.stderr
+        kept, faults = r.stdout.split()
+        out[keep] = (kept, int(faults))
+    if out[True][0] != "True":
+        pytest.skip("not glibc")
+    assert out[True][1] < 1_000 < out[False][1]  # without it, 4 kB pages faulted in afresh every time
+
+
 def test_dtype_forces_every_use_and_still_measures_rates():
     p = g.measure_precision(torch.device("cpu"), g.GPTConfig(n_embd=32, n_head=2, n_layer=1), 256, "float32")
     assert (p["train"], p["muon"], p["sample"]) == (torch.float32,) * 3 and "(--dtype)" in p["why"]
