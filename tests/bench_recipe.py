@@ -118,11 +118,11 @@ def main():
           f"(precision {precision['why']})")
     print(f"{'recipe':14s} {'steps':>6s} {'ms/step':>8s} {'wall s':>7s} {'val loss':>9s} {'bits/char':>9s} "
           f"{'answer loss':>11s} {'vs original':>11s} {'vs nanogpt':>10s}")
+    def ratio(r, to, width):  # "-" where --only left the reference out
+        return f"{r['val'] / ref[to]['val']:{width - 1}.2f}x" if to in ref else f"{'-':>{width}s}"
     for r in results:
-        vo = r["val"] / ref["original"]["val"] if "original" in ref else float("nan")
-        vn = r["val"] / ref["nanogpt"]["val"] if "nanogpt" in ref else float("nan")
         print(f"{r['name']:14s} {r['iters']:6d} {r['per_step'] * 1e3:8.1f} {r['wall']:7.0f} {r['val']:9.4f} "
-              f"{r['bpc']:9.3f} {r['answer']:11.4f} {vo:10.2f}x {vn:9.2f}x")
+              f"{r['bpc']:9.3f} {r['answer']:11.4f} {ratio(r, 'original', 11)} {ratio(r, 'nanogpt', 10)}")
 
 
 if __name__ == "__main__":
