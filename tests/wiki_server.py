@@ -44,6 +44,7 @@ import gzip
 import json
 import random
 import re
+import signal
 import socket
 import struct
 import sys
@@ -772,6 +773,8 @@ def main(argv: list[str] | None = None) -> None:
                         stall_seconds=args.stall_seconds, verbose=not args.quiet)
     if args.faults:
         server.push_faults(*[f.strip() for f in args.faults.split(",") if f.strip()])
+    # Ctrl-C stops it even when launched from a script's background job, which starts with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"mock MediaWiki API with {len(server.pages)} pages at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()
