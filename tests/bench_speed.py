@@ -354,11 +354,11 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", help="part 1's batch sizes (CPU: 16 and BATCH_SIZE; GPU: BATCH_SIZE)")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    kept = g.resolve_device(a.memory_child[1] if a.memory_child else a.device).type == "cpu" and g.keep_freed_memory()
+    device = g.resolve_device(a.memory_child[1] if a.memory_child else a.device)
+    kept = device.type == "cpu" and g.keep_freed_memory()
     if a.memory_child:
         memory_child(a.memory_child[0], a.memory_child[1], int(a.memory_child[2]))
         return
-    device = g.resolve_device(a.device)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
