@@ -70,7 +70,7 @@ def test_a_memorising_model_recalls_and_an_untrained_one_does_not():
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     m.train()
-    for _ in range(250):
+    for _ in range(400):  # 250 left one seed at 50% under the AVX2 kernels: fp32 rounds differently there
         x, y = g.get_batch(ids, 16, 96, gen, torch.device("cpu"), None, starts, aligned=0.75)
         _, loss = m(x, y)
         opt.zero_grad()
