@@ -1451,10 +1451,11 @@ def plan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: floa
 def replan_steps(cfg: dict, done: int, seconds_per_step: float, eval_seconds: float, elapsed: float) -> dict:
     """A planned run re-fitted at an evaluation, at the speed since the last one: a shared machine's
     speed drifts by a quarter over minutes. Only MAX_ITERS moves (the schedule follows it); one round only."""
-    steps = cfg["MAX_ITERS"] - done
-    for _ in range(3):  # more steps bring more evaluations, which leave time for fewer steps: settle
-        evals = math.ceil(steps / cfg["EVAL_INTERVAL"])  # still to come, the last one included
-        steps = steps_that_fit(cfg, seconds_per_step, evals, eval_seconds, elapsed)
+    def fit(steps):  # the steps that fit beside the evaluations these steps bring, the last one included
+        return steps_that_fit(cfg, seconds_per_step, math.ceil(steps / cfg["EVAL_INTERVAL"]), eval_seconds, elapsed)
+    steps = fit(1)  # at most: only the final evaluation still to come
+    while steps > 1 and fit(steps) < steps:  # too many: the most that fit with as many evaluations, else fewer of them
+        steps = max(fit(steps), (math.ceil(steps / cfg["EVAL_INTERVAL"]) - 1) * cfg["EVAL_INTERVAL"])
     return dict(MAX_ITERS=done + steps,
                 EVAL_INTERVAL=cfg["EVAL_INTERVAL"], CHECKPOINT_INTERVAL=cfg["CHECKPOINT_INTERVAL"])
 
